@@ -1,0 +1,1 @@
+"""Benchmark harness: one module per DVC stage (`python -m experiments.<stage>`)."""
