@@ -1,0 +1,72 @@
+"""The environment block every report carries: commit, versions, device, threads, profile, date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+import torch
+
+PACKAGES = ("torch", "asteroid", "speechbrain", "pytorch-lightning", "fvcore", "ptflops", "dvc")
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with `+dirty` when tracked files differ from it; `unknown` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {_cpu_model()} ({os.cpu_count()} cores)"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def environment(profile: str, threads: int, device: str | torch.device = "cpu") -> dict[str, str]:
+    return {
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": profile,
+        "device": device_name(device),
+        "threads": str(threads),
+        **package_versions(),
+    }
+
+
+def environment_markdown(env: dict[str, str]) -> str:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in env.items())
+    return f"| environment | |\n|---|---|\n{rows}\n"
