@@ -50,6 +50,8 @@ def require(cfg: dict[str, Any], dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"params.yaml: setting `{dotted}` is missing (profile {cfg.get('profile')!r})")
+            raise ConfigError(
+                f"params.yaml: setting `{dotted}` is missing (profile {cfg.get('profile')!r})"
+            )
         node = node[part]
     return node

@@ -59,7 +59,7 @@ def package_versions() -> dict[str, str]:
 def environment(profile: str, threads: int, device: str | torch.device = "cpu") -> dict[str, str]:
     return {
         "commit": git_commit(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile,
         "device": device_name(device),
         "threads": str(threads),

@@ -1,4 +1,4 @@
-"""Report stage: paper-style tables (Markdown, LaTeX, CSV) and PNG figures from the pipeline's outputs.
+"""Report stage: paper-style tables (Markdown, LaTeX, CSV) and PNG figures from stage outputs.
 
 Every number here is read from files the earlier stages wrote (evaluation summaries, complexity
 and speed tables, training logs) or from `experiments/published.yaml`; nothing is typed by hand.
