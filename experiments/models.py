@@ -1,0 +1,193 @@
+"""The model registry: every stage builds, saves and loads models only through this module.
+
+Every registry model is an asteroid `BaseModel` mapping (B, T) -> (B, n_src, T) for any T.
+`save_model` writes one package format for all of them: asteroid's `serialize()` dict (so
+`BaseModel.from_pretrained` can read it too) plus the registry name and build arguments and the
+software versions. `load_model` reads that format, plain asteroid model files, and SpeechBrain
+sepformer checkpoint folders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines import BASELINES, build_baseline
+from baselines.pretrained import (
+    build_from_package,
+    load_speechbrain_sepformer,
+    load_state,
+    load_weights_file,
+)
+
+MODEL_NAMES: tuple[str, ...] = ("s4m_tiny", "s4m", "convtasnet", "dprnn", "sudormrf", "sepformer")
+PACKAGE_FORMAT = "s4m-bench-model"
+PACKAGE_VERSION = 1
+SPEC_KEYS = {"name", "sample_rate", "n_src", "overrides"}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the README table says about a registry model."""
+
+    source: str
+    config: str
+    published_params_m: float
+    tolerance: float  # relative; tests hold the built model's params to it
+    reference: str
+
+
+MODEL_CARDS: dict[str, ModelCard] = {
+    "s4m_tiny": ModelCard(
+        "s4m (this repo)", "S4M-tiny as in the authors' released model file", 1.80, 0.03,
+        "Chen et al. 2023, S4M-tiny",
+    ),
+    "s4m": ModelCard(
+        "s4m (this repo)", "S4M, S4 layers at more scales (design unpublished, reconstructed)",
+        3.6, 0.05, "Chen et al. 2023, S4M",
+    ),
+    "convtasnet": ModelCard(
+        "asteroid ConvTasNet",
+        "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask",
+        5.1, 0.05, "Luo & Mesgarani 2019, best non-causal config",
+    ),
+    "dprnn": ModelCard(
+        "asteroid DPRNNTasNet",
+        "paper: N=64, L=2 (hop 1), 64-dim features, 6 BLSTM blocks of 128/dir, K=250, hop 125",
+        2.6, 0.05, "Luo et al. 2020",
+    ),
+    "sudormrf": ModelCard(
+        "asteroid SuDORMRFNet",
+        "1.0x: 512 bases, L=21 (hop 10), B=128, 16 U-ConvBlocks of depth 4, softmax masks",
+        2.72, 0.05, "Tzinis et al. 2020, SuDoRM-RF 1.0x",
+    ),
+    "sepformer": ModelCard(
+        "speechbrain dual_path blocks",
+        "LibriMix/WSJ0Mix recipe: N=256, L=16 (hop 8), 2 x (8 intra + 8 inter) pre-norm "
+        "transformers, d=256, 8 heads, d_ffn=1024, K=250",
+        26.0, 0.05, "Subakan et al. 2021",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    return list(MODEL_NAMES)
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; registry models: {', '.join(MODEL_NAMES)}")
+
+
+def published_params_m(name: str) -> float:
+    """Published parameter count (millions) of a registry model."""
+    _check_name(name)
+    return MODEL_CARDS[name].published_params_m
+
+
+def count_params_m(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def build_model(
+    name: str, sample_rate: float = 8000, n_src: int = 2, **overrides: Any
+) -> torch.nn.Module:
+    """A freshly initialised registry model; `overrides` set its constructor arguments."""
+    _check_name(name)
+    if name in BASELINES:
+        model = build_baseline(name, sample_rate=sample_rate, n_src=n_src, **overrides)
+    else:
+        from s4m import build_s4m  # the S4M library is optional for the baselines
+
+        model = build_s4m(name, sample_rate=sample_rate, n_src=n_src, **overrides)
+    model.registry_spec = dict(name=name, sample_rate=sample_rate, n_src=n_src, overrides=overrides)
+    return model
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": str(torch.__version__)}
+    for dist in ("s4m-bench", "asteroid", "speechbrain"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
+def save_model(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write `model` (made by `build_model` or `load_model`) as a registry package, atomically."""
+    spec = getattr(model, "registry_spec", None)
+    if spec is None:
+        raise ValueError(
+            f"cannot save {type(model).__name__} to {path}: only models made by "
+            "experiments.models.build_model or load_model carry their registry spec"
+        )
+    package = model.serialize()  # model_name, model_args, state_dict, infos
+    package.pop("infos", None)  # asteroid's holds TorchVersion objects; `versions` replaces it
+    package.update(format=PACKAGE_FORMAT, format_version=PACKAGE_VERSION, registry=spec,
+                   versions=_versions())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(package, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _name_of(model: torch.nn.Module) -> str:
+    """Registry name for a model loaded from a foreign file."""
+    for name, (cls, _) in BASELINES.items():
+        if type(model) is cls:
+            return name
+    from s4m import CONFIGS
+
+    args = model.get_model_args()
+    matches = [n for n, cfg in CONFIGS.items() if all(args.get(k) == v for k, v in cfg.items())]
+    return matches[0] if matches else "s4m"
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """A registry package, an asteroid model file or a SpeechBrain sepformer folder -> model.
+
+    Files are read with `torch.load(weights_only=True)` on CPU; the model comes back in train
+    mode (call `.eval()` to evaluate) with its registry spec, so `save_model` works on it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        model = load_speechbrain_sepformer(path)
+        model.registry_spec = dict(name="sepformer", sample_rate=model.sample_rate,
+                                   n_src=model.n_src, overrides=None)
+        return model
+    package = load_weights_file(path)
+    if not (isinstance(package, Mapping) and package.get("format") == PACKAGE_FORMAT):
+        model = build_from_package(package, path)
+        model.registry_spec = dict(name=_name_of(model), sample_rate=model.sample_rate,
+                                   n_src=model.get_model_args().get("n_src"), overrides=None)
+        return model
+    if package.get("format_version") != PACKAGE_VERSION:
+        raise ValueError(f"{path}: package format_version {package.get('format_version')!r} "
+                         f"is not supported (expected {PACKAGE_VERSION})")
+    spec = package.get("registry")
+    if not isinstance(spec, Mapping) or not SPEC_KEYS <= set(spec):
+        raise ValueError(f"{path}: registry spec missing or incomplete: {spec!r}")
+    if spec["overrides"] is None:  # first loaded from a foreign file: rebuild from model_args
+        model = build_from_package(package, path)
+    else:
+        try:
+            model = build_model(
+                spec["name"], spec["sample_rate"], spec["n_src"], **spec["overrides"]
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: cannot rebuild {spec['name']!r}: {err}") from err
+        load_state(model, package.get("state_dict"), path)
+    model.registry_spec = dict(spec)
+    return model
