@@ -1,0 +1,181 @@
+"""Evaluation stage: any registry-loadable checkpoint on the prepared test split.
+
+`python -m experiments.evaluate --model-path PATH [--name NAME] [--out DIR]`
+
+Writes to `--out` (default `reports/eval/<name>/`), each file through a temporary name:
+- `per_utterance.csv`: utt_id, length_s, perm, si_sdr, si_sdr_i, sdr, sdr_i (+ stoi/pesq and
+  their improvements when `evaluate.extra_metrics` asks for them), definitions in
+  `experiments.metrics`;
+- `summary.json`: mean, std, 95% confidence interval (Student t) and count per metric, plus the
+  environment block;
+- `examples/<utt>_{mix,ref1,ref2,est1,est2}.wav` for the first `evaluate.n_examples`
+  utterances (estimates ordered as the references) and `spectrogram.png` of the first one.
+Utterances are taken in the dataset's order, the first `evaluate.max_utterances` (null: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from experiments.config import ConfigError, load_profile, require  # noqa: E402
+from experiments.env import environment  # noqa: E402
+from experiments.metrics import check_optional_metrics, separation_metrics  # noqa: E402
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """mean, sample std, 95% CI (Student t half-width and bounds), count; NaN-free input."""
+    arr = np.asarray(values, dtype=np.float64)
+    n = int(arr.size)
+    if n == 0:
+        raise ValueError("summarize: no values")
+    mean = float(arr.mean())
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95": None, "ci95_low": None, "ci95_high": None,
+                "count": n}
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return {"mean": mean, "std": std, "ci95": half, "ci95_low": mean - half,
+            "ci95_high": mean + half, "count": n}
+
+
+def _replace(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
+    _replace(path, lambda tmp: sf.write(tmp, wav.numpy(), sample_rate, subtype="FLOAT",
+                                        format="WAV"))
+
+
+def spectrogram_figure(path: Path, signals: dict[str, torch.Tensor], sample_rate: int,
+                       title: str) -> None:
+    """One log-magnitude STFT panel per signal (32 ms Hann window, 8 ms hop), shared scale."""
+    n_fft = int(0.032 * sample_rate)
+    window = torch.hann_window(n_fft)
+    fig, axes = plt.subplots(len(signals), 1, figsize=(8, 1.8 * len(signals)), sharex=True)
+    for ax, (label, wav) in zip(np.atleast_1d(axes), signals.items(), strict=True):
+        spec = torch.stft(wav.float(), n_fft, hop_length=n_fft // 4, window=window,
+                          return_complex=True).abs()
+        db = 20 * torch.log10(spec + 1e-8)
+        extent = (0, wav.numel() / sample_rate, 0, sample_rate / 2000)
+        ax.imshow(db.numpy(), origin="lower", aspect="auto", extent=extent, cmap="magma",
+                  vmin=float(db.max()) - 80, vmax=float(db.max()))
+        ax.set_ylabel(f"{label}\nkHz")
+    np.atleast_1d(axes)[-1].set_xlabel("time (s)")
+    fig.suptitle(title)
+    _replace(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def _utt_id(raw: Any, index: int) -> str:
+    if isinstance(raw, list | tuple):
+        return "_".join(str(r) for r in raw)
+    return str(raw) if raw is not None else f"utt{index:05d}"
+
+
+def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str,
+             out_dir: str | Path) -> dict[str, Any]:
+    """Evaluates the model file on the test split, writes the outputs; returns the summary."""
+    from experiments.data import make_dataset
+    from experiments.models import load_model
+
+    out_dir = Path(out_dir)
+    data_cfg = require(cfg, "data")
+    max_utts = require(cfg, "evaluate.max_utterances")
+    n_examples = int(require(cfg, "evaluate.n_examples"))
+    extra = list(require(cfg, "evaluate.extra_metrics") or [])
+    threads = int(require(cfg, "threads"))
+    if max_utts is not None and (not isinstance(max_utts, int) or max_utts < 1):
+        raise ConfigError("params.yaml: evaluate.max_utterances must be a positive int or null")
+    check_optional_metrics(extra)
+    torch.set_num_threads(threads)
+    torch.manual_seed(int(require(cfg, "seed")))
+
+    model = load_model(model_path).eval()
+    sample_rate = int(data_cfg["sample_rate"])
+    model_rate = getattr(model, "sample_rate", None)
+    if model_rate is not None and int(model_rate) != sample_rate:
+        raise ValueError(f"{model_path}: model runs at {model_rate} Hz but data.sample_rate is "
+                         f"{sample_rate} Hz")
+    dataset = make_dataset(data_cfg, "test", None, return_id=True)
+    count = len(dataset) if max_utts is None else min(len(dataset), max_utts)
+    if count == 0:
+        raise ValueError(f"test split of {data_cfg['out_dir']}: no utterances to evaluate")
+
+    rows = []
+    for index in tqdm(range(count), desc=f"evaluate {name}", mininterval=5):
+        mixture, sources, raw_id = dataset[index]
+        with torch.inference_mode():
+            estimates = model(mixture[None])[0]  # (n_src, T)
+        if estimates.shape != sources.shape:
+            raise ValueError(f"{model_path}: model output {tuple(estimates.shape)} does not "
+                             f"match the references {tuple(sources.shape)}")
+        values, perm = separation_metrics(mixture, sources, estimates, sample_rate, extra)
+        utt = _utt_id(raw_id, index)
+        rows.append({"utt_id": utt, "length_s": mixture.numel() / sample_rate,
+                     "perm": "".join(map(str, perm)), **values})
+        if index < n_examples:
+            ordered = estimates[list(perm)]
+            signals = {"mixture": mixture, **{f"ref{k + 1}": s for k, s in enumerate(sources)},
+                       **{f"est{k + 1}": e for k, e in enumerate(ordered)}}
+            for label, wav in signals.items():
+                _write_wav(out_dir / "examples" / f"{utt}_{label}.wav", wav, sample_rate)
+            if index == 0:
+                spectrogram_figure(out_dir / "spectrogram.png", signals, sample_rate,
+                                   f"{name}: {utt} (SI-SDRi {values['si_sdr_i']:.1f} dB)")
+
+    frame = pd.DataFrame(rows)
+    metric_names = [c for c in frame.columns if c not in ("utt_id", "length_s", "perm")]
+    summary = {
+        "name": name, "model_path": str(model_path), "split": "test",
+        "dataset": str(data_cfg["out_dir"]), "count": count,
+        "metrics": {m: summarize(frame[m].tolist()) for m in metric_names},
+        "env": environment(str(cfg.get("profile")), threads),
+    }
+    _replace(out_dir / "per_utterance.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    _replace(out_dir / "summary.json",
+             lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-path", required=True,
+                        help="registry package, asteroid model file or SpeechBrain folder")
+    parser.add_argument("--name", default=None, help="label (default: the file's parent name)")
+    parser.add_argument("--out", default=None, help="output folder (default reports/eval/<name>)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    name = args.name or Path(args.model_path).resolve().parent.name
+    out_dir = Path(args.out or Path("reports") / "eval" / name)
+    summary = evaluate(load_profile(args.params), args.model_path, name, out_dir)
+    brief = {m: round(s["mean"], 2) for m, s in summary["metrics"].items()}
+    print(json.dumps({"name": name, "count": summary["count"], **brief}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""`python -m experiments.speed`: inference time, real-time factor, training-step time and peak
+memory for every registry model.
+
+Each model runs in a fresh subprocess (`--worker`), so one model's allocations and thread pools
+cannot colour the next one's numbers and the CPU peak memory is an honest RSS delta: the peak
+resident set (VmHWM, reset through /proc/self/clear_refs) minus the resident set just before the
+measured calls. On CUDA it synchronises, times with CUDA events and reads
+`torch.cuda.max_memory_allocated` above the memory allocated before the calls. Writes
+reports/speed.csv and reports/speed.json and prints the issue's goal ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from experiments.complexity import format_table, load_published, write_reports
+from experiments.config import ConfigError, load_profile, require
+from experiments.env import environment
+
+REGISTRY_FACTORY = "experiments.models:build_model"
+RESULT_PREFIX = "SPEED_RESULT "
+MIB = 2**20
+
+COLUMNS = (
+    "model", "device", "threads", "params_m", "infer_seconds", "infer_s_median", "infer_s_min",
+    "infer_s_max", "rtf", "infer_peak_mem_mb", "train_batch", "train_seconds", "train_step_s",
+    "train_step_s_min", "train_step_s_max", "peak_mem_mb", "warmup", "repeats", "train_repeats",
+    "mem_method",
+)
+
+# The issue's goals for S4M-tiny, checked by this benchmark (not by a timed test).
+GOAL_INFER_VS_SEPFORMER = 0.12
+GOAL_TRAIN_VS_CONVTASNET = 1.0
+GOAL_MEM_VS_RELEASED = 1 / 3
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 1
+    infer_seconds: float = 4.0
+    warmup: int = 1
+    repeats: int = 3
+    train_batch: int = 2
+    train_seconds: float = 2.0
+    train_repeats: int = 2
+    timeout_s: float = 1200.0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
+        section = require(cfg, "speed")
+        if not isinstance(section, dict):
+            raise ConfigError("params.yaml: `speed` must be a mapping")
+        unknown = sorted(set(section) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"params.yaml: unknown `speed` settings {unknown}")
+        settings = cls(**{f.name: require(cfg, f"speed.{f.name}") for f in fields(cls)})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"params.yaml: `speed.device` must be cpu, cuda or auto, "
+                              f"got {self.device!r}")
+        for name in ("threads", "repeats", "train_batch", "train_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"params.yaml: `speed.{name}` must be >= 1")
+        if self.warmup < 0:
+            raise ConfigError("params.yaml: `speed.warmup` must be >= 0")
+        for name in ("infer_seconds", "train_seconds", "timeout_s"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml: `speed.device` is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+# ---- measuring, inside the worker --------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB (`.mib` after the block).
+
+    CPU: the resident set's high-water mark, reset on entry where Linux allows it
+    ("hwm_reset"); elsewhere the process's lifetime peak (ru_maxrss), which is exact only for
+    the first, largest measurement ("ru_maxrss"). CUDA: max_memory_allocated.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.mib, self.method = device, float("nan"), ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda_max_allocated"
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.method = "hwm_reset"
+            self._base = _proc_status_kib("VmRSS") * 1024
+        except OSError:
+            self.method = "ru_maxrss"
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method == "hwm_reset":
+            peak = _proc_status_kib("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.mib = max(peak - self._base, 0) / MIB
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int,
+               device: torch.device) -> list[float]:
+    """Seconds per call after `warmup` untimed calls; CUDA events on a GPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int, seed: int = 0,
+                    ) -> dict[str, Any]:
+    """Inference and training-step timings and peak memory of one model, in this process."""
+    from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
+
+    device = resolve_device(settings.device)
+    torch.manual_seed(seed)
+    model = model.to(device)
+    wav = torch.randn(1, round(settings.infer_seconds * sample_rate), device=device)
+    train_len = round(settings.train_seconds * sample_rate)
+    mix = torch.randn(settings.train_batch, train_len, device=device)
+
+    model.eval()
+    with torch.inference_mode():
+        n_src = model(wav[:, : sample_rate // 10]).shape[1]
+    with torch.inference_mode(), PeakMemory(device) as infer_mem:
+        infer = time_calls(lambda: model(wav), settings.warmup, settings.repeats, device)
+    targets = torch.randn(settings.train_batch, n_src, train_len, device=device)
+    loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
+
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(mix), targets).backward()
+
+    model.train()
+    with PeakMemory(device) as train_mem:
+        train = time_calls(train_step, settings.warmup, settings.train_repeats, device)
+    model.zero_grad(set_to_none=True)
+    median = statistics.median(infer)
+    return {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "infer_seconds": settings.infer_seconds,
+        "infer_s_median": median, "infer_s_min": min(infer), "infer_s_max": max(infer),
+        "infer_s_all": infer,
+        "rtf": median / settings.infer_seconds,
+        "infer_peak_mem_mb": infer_mem.mib,
+        "train_batch": settings.train_batch, "train_seconds": settings.train_seconds,
+        "train_step_s": statistics.median(train), "train_step_s_min": min(train),
+        "train_step_s_max": max(train), "train_step_s_all": train,
+        "peak_mem_mb": train_mem.mib,
+        "warmup": settings.warmup, "repeats": settings.repeats,
+        "train_repeats": settings.train_repeats, "mem_method": train_mem.method,
+    }
+
+
+def _load_factory(path: str) -> Callable[..., nn.Module]:
+    module, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"model factory {path!r}: expected 'package.module:callable'")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the model the spec names and benchmark it (the body of `--worker`)."""
+    settings = SpeedSettings(**spec["settings"])
+    torch.set_num_threads(settings.threads)
+    model = _load_factory(spec["factory"])(**spec["kwargs"])
+    return {"model": spec["model"],
+            **benchmark_model(model, settings, spec["sample_rate"], spec.get("seed", 0))}
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """`run_worker(spec)` in a fresh interpreter; a failure raises naming the model."""
+    threads = str(spec["settings"]["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    cmd = [sys.executable, "-m", "experiments.speed", "--worker", json.dumps(spec)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
+                           f"speed.timeout_s={timeout_s:g} s") from err
+    results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not results:
+        raise RuntimeError(f"speed worker for {spec['model']!r} failed (exit {done.returncode}):"
+                           f"\n{done.stderr[-3000:]}")
+    return json.loads(results[-1][len(RESULT_PREFIX):])
+
+
+def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
+                published: dict[str, Any]) -> dict[str, Any]:
+    rows, raw = [], {}
+    for spec in specs:
+        print(f"[speed] {spec['model']} ...", flush=True)
+        result = run_in_subprocess(spec, timeout_s)
+        raw[spec["model"]] = {"infer_s_all": result.pop("infer_s_all"),
+                              "train_step_s_all": result.pop("train_step_s_all")}
+        rows.append({col: result.get(col) for col in COLUMNS})
+    return {"rows": rows, "timings": raw, "summary": goal_ratios(rows, published)}
+
+
+def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any]) -> dict[str, Any]:
+    """S4M-tiny against Sepformer (inference), Conv-TasNet (training step) and the released
+    code's training-step memory, next to the same ratios measured for the released code."""
+    by = {row["model"]: row for row in rows}
+    ref = published.get("reference_measurements", {}).get("models", {})
+    released, ctn, sep = (ref.get(k, {}) for k in ("released_s4m_tiny", "convtasnet", "sepformer"))
+    tiny = by.get("s4m_tiny")
+    if tiny is None:
+        return {}
+    out: dict[str, Any] = {}
+    if "sepformer" in by:
+        out["infer_s4m_tiny_over_sepformer"] = {
+            "measured": tiny["infer_s_median"] / by["sepformer"]["infer_s_median"],
+            "goal_max": GOAL_INFER_VS_SEPFORMER,
+            "released_code": _ratio(released.get("infer_4s_s"), sep.get("infer_4s_s")),
+        }
+    if "convtasnet" in by:
+        out["train_step_s4m_tiny_over_convtasnet"] = {
+            "measured": tiny["train_step_s"] / by["convtasnet"]["train_step_s"],
+            "goal_max": GOAL_TRAIN_VS_CONVTASNET,
+            "released_code": _ratio(released.get("train_step_2x2s_s"),
+                                    ctn.get("train_step_2x2s_s")),
+        }
+    if released.get("train_peak_mem_gib"):
+        out["train_mem_s4m_tiny_over_released"] = {
+            "measured": tiny["peak_mem_mb"] / (released["train_peak_mem_gib"] * 1024),
+            "goal_max": GOAL_MEM_VS_RELEASED,
+            "released_code_mib": released["train_peak_mem_gib"] * 1024,
+        }
+    for goal in out.values():
+        goal["met"] = goal["measured"] <= goal["goal_max"]
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out-dir", default="reports")
+    parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON spec: run one model, print
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        return
+
+    cfg = load_profile(args.params)
+    settings = SpeedSettings.from_config(cfg)
+    sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
+    names = args.models or list(require(cfg, "models"))
+    from experiments.models import list_models
+
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        raise ConfigError(f"{args.params}: `models` has unknown names {unknown} "
+                          f"(registry: {list_models()})")
+    resolve_device(settings.device)  # fail before starting any worker
+    specs = [{"model": name, "factory": REGISTRY_FACTORY,
+              "kwargs": {"name": name, "sample_rate": sample_rate},
+              "sample_rate": sample_rate, "seed": seed, "settings": asdict(settings)}
+             for name in names]
+    published = load_published()
+    payload = speed_table(specs, settings.timeout_s, published)
+    payload = {"environment": environment(cfg["profile"], settings.threads,
+                                          resolve_device(settings.device)),
+               "settings": asdict(settings), **payload}
+    csv_path, json_path = write_reports(payload, args.out_dir, "speed", COLUMNS)
+    print(format_table(payload["rows"], ("model", "device", "threads", "infer_s_median",
+                                         "infer_s_min", "infer_s_max", "rtf", "train_step_s",
+                                         "peak_mem_mb", "infer_peak_mem_mb")))
+    print(format_goals(payload["summary"]))
+    print(f"wrote {csv_path} and {json_path} (timings on a shared machine are noisy)")
+
+
+def format_goals(summary: dict[str, Any]) -> str:
+    lines = []
+    for name, goal in summary.items():
+        released = goal.get("released_code")
+        lines.append(
+            f"{name}: {goal['measured']:.3f} (goal <= {goal['goal_max']:.3f}, "
+            f"{'met' if goal['met'] else 'MISSED'})"
+            + (f"; released code {released:.2f}" if released else "")
+        )
+    return "\n".join(lines) or "goal ratios need s4m_tiny with sepformer / convtasnet"
+
+
+if __name__ == "__main__":
+    main()

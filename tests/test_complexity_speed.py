@@ -1,0 +1,150 @@
+"""The complexity and speed stages' core functions on tiny models and short inputs (no timing
+assertions: the machine is shared)."""
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+from asteroid.models import ConvTasNet
+from torch import nn
+
+from experiments import complexity, speed
+from experiments.config import ConfigError
+from experiments.models import list_models
+
+TINY_CTN = dict(n_src=2, n_filters=16, kernel_size=16, stride=8, n_blocks=1, n_repeats=1,
+                bn_chan=8, hid_chan=8, skip_chan=8, sample_rate=8000)
+
+
+class TinySSMSeparator(nn.Module):
+    """(B, T) -> (B, 2, T) through an FFT convolution: a model with MACs the defaults miss."""
+
+    def __init__(self, length: int = 400):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(2, length) / length)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        n = 2 * wav.shape[-1]
+        spec = torch.fft.rfft(wav.unsqueeze(1), n=n) * torch.fft.rfft(self.kernel, n=n)
+        return torch.fft.irfft(spec, n=n)[..., : wav.shape[-1]]
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_published_file_covers_the_registry_and_cites_sources():
+    published = complexity.load_published()
+    for name in list_models():
+        entry = published["models"][name]
+        assert entry["params_m"]["value"] > 0
+        assert entry["params_m"]["source"] in published["sources"]
+    ratio = published["models"]["s4m_tiny"]["macs_ratio_to_sepformer"]["value"]
+    assert ratio == pytest.approx(0.092)
+
+
+def test_published_file_with_an_unknown_source_is_rejected(tmp_path):
+    bad = tmp_path / "published.yaml"
+    bad.write_text(yaml.safe_dump({
+        "sources": {"a": "paper"},
+        "models": {"x": {"params_m": {"value": 1.0, "source": "nowhere"}}},
+    }))
+    with pytest.raises(ValueError, match=r"published.yaml.*models.x.params_m.*nowhere"):
+        complexity.load_published(bad)
+
+
+def test_complexity_table_and_reports(tmp_path):
+    models = {"s4m_tiny": TinySSMSeparator, "sepformer": lambda: ConvTasNet(**TINY_CTN)}
+    published = complexity.load_published()
+    payload = complexity.complexity_table(
+        models, lambda name: models[name](), seconds=0.05, sample_rate=8000, published=published)
+    rows = {row["model"]: row for row in payload["rows"]}
+    tiny = rows["s4m_tiny"]
+    assert tiny["naive_macs_g_per_s_fvcore"] == 0 and tiny["fft_g_per_s"] > 0
+    assert tiny["naive_missed_fvcore"] == pytest.approx(1.0)
+    assert "fft_rfft" in tiny["naive_uncounted_fvcore"]
+    assert tiny["uncounted_ops_fvcore"] == tiny["uncounted_ops_ptflops"] == "none"
+    assert tiny["tools_rel_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert tiny["published_params_m"] == 1.8 and rows["sepformer"]["published_params_m"] == 26.0
+    assert rows["sepformer"]["macs_pct_of_sepformer"] == pytest.approx(100.0)
+    ratio = payload["summary"]["s4m_tiny_over_sepformer_macs"]
+    assert ratio["fvcore"] == pytest.approx(
+        tiny["macs_g_per_s_fvcore"] / rows["sepformer"]["macs_g_per_s_fvcore"])
+    assert ratio["paper"] == pytest.approx(0.092)
+
+    csv_path, json_path = complexity.write_reports(payload, tmp_path, "complexity",
+                                                   complexity.COLUMNS)
+    table = _read_csv(csv_path)
+    assert list(table[0]) == list(complexity.COLUMNS) and len(table) == 2
+    assert json.loads(json_path.read_text())["details"]["s4m_tiny"]["fvcore"]["by_op"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["complexity.csv", "complexity.json"]
+
+
+def test_complexity_cli_on_the_registry(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    params["complexity"] = {"seconds": 0.05}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    complexity.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path),
+                     "--models", "convtasnet"])
+    (row,) = _read_csv(tmp_path / "complexity.csv")
+    assert row["model"] == "convtasnet" and float(row["params_m"]) == pytest.approx(5.05, 0.01)
+    assert float(row["macs_g_per_s_fvcore"]) > 1 and float(row["macs_g_per_s_ptflops"]) > 1
+
+
+def test_speed_settings_errors_name_the_setting():
+    cfg = {"profile": "x", "speed": {"device": "tpu"}}
+    with pytest.raises(ConfigError, match="speed.threads"):
+        speed.SpeedSettings.from_config(cfg)
+    good = {k: v for k, v in vars(speed.SpeedSettings()).items()}
+    with pytest.raises(ConfigError, match="speed.device"):
+        speed.SpeedSettings.from_config({"speed": {**good, "device": "tpu"}})
+    with pytest.raises(ConfigError, match="unknown `speed` settings"):
+        speed.SpeedSettings.from_config({"speed": {**good, "batch": 3}})
+
+
+TINY_SETTINGS = speed.SpeedSettings(threads=1, infer_seconds=0.1, warmup=1, repeats=2,
+                                    train_batch=2, train_seconds=0.1, train_repeats=2)
+
+
+def test_benchmark_model_in_process():
+    result = speed.benchmark_model(ConvTasNet(**TINY_CTN), TINY_SETTINGS, sample_rate=8000)
+    assert result["device"] == "cpu" and len(result["infer_s_all"]) == 2
+    assert result["infer_s_min"] <= result["infer_s_median"] <= result["infer_s_max"]
+    assert result["rtf"] == pytest.approx(result["infer_s_median"] / 0.1)
+    assert result["peak_mem_mb"] >= 0 and result["infer_peak_mem_mb"] >= 0
+
+
+def test_speed_table_runs_each_model_in_a_subprocess(tmp_path):
+    spec = {"model": "tiny_convtasnet", "factory": "asteroid.models:ConvTasNet",
+            "kwargs": TINY_CTN, "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
+    payload = speed.speed_table([spec], timeout_s=300, published=complexity.load_published())
+    (row,) = payload["rows"]
+    assert row["model"] == "tiny_convtasnet" and row["threads"] == 1
+    assert row["mem_method"] in ("hwm_reset", "ru_maxrss")
+    csv_path, _ = speed.write_reports(payload, tmp_path, "speed", speed.COLUMNS)
+    assert list(_read_csv(csv_path)[0]) == list(speed.COLUMNS)
+
+
+def test_a_failing_worker_names_the_model():
+    spec = {"model": "broken", "factory": "asteroid.models:NoSuchModel", "kwargs": {},
+            "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
+    with pytest.raises(RuntimeError, match="'broken' failed"):
+        speed.run_in_subprocess(spec, timeout_s=300)
+
+
+def test_goal_ratios():
+    rows = [
+        {"model": "s4m_tiny", "infer_s_median": 0.5, "train_step_s": 3.0, "peak_mem_mb": 2048},
+        {"model": "sepformer", "infer_s_median": 5.0, "train_step_s": 20.0, "peak_mem_mb": 1},
+        {"model": "convtasnet", "infer_s_median": 1.0, "train_step_s": 2.0, "peak_mem_mb": 1},
+    ]
+    goals = speed.goal_ratios(rows, complexity.load_published())
+    assert goals["infer_s4m_tiny_over_sepformer"]["measured"] == pytest.approx(0.1)
+    assert goals["infer_s4m_tiny_over_sepformer"]["met"]
+    assert goals["infer_s4m_tiny_over_sepformer"]["released_code"] == pytest.approx(4.68 / 6.37)
+    assert not goals["train_step_s4m_tiny_over_convtasnet"]["met"]  # 1.5x Conv-TasNet
+    assert goals["train_mem_s4m_tiny_over_released"]["measured"] == pytest.approx(2 / 9.3)
+    assert "MISSED" in speed.format_goals(goals)

@@ -1,0 +1,91 @@
+"""The `prepare` stage: params in, dataset out under data.out_dir, clear errors otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.config import ConfigError, load_profile
+from experiments.data import make_dataset
+from experiments.prepare import main, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cfg(out_dir: Path, **data) -> dict:
+    base = {"source": "synthetic", "out_dir": str(out_dir), "sample_rate": 8000, "mode": "min",
+            "task": "sep_clean", "types": ["mix_clean"], "num_workers": 2,
+            "synthetic": {"n_train": 2, "n_dev": 2, "n_test": 2, "n_speakers": 6}}
+    return {"profile": "test", "seed": 0, "data": {**base, **data}}
+
+
+def test_stage_builds_from_a_params_file(tmp_path):
+    params = {"profile": "tiny", "seed": 3, "threads": 1,
+              "profiles": {"tiny": {"data": _cfg(tmp_path / "prepared")["data"]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    main(["--params", str(tmp_path / "params.yaml")])
+    out = tmp_path / "prepared"
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["source"] == "synthetic" and summary["seed"] == 3 and summary["files"] > 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Libri2Mix", "metadata", "prepare_summary.json", "synthetic.json"]
+    assert sorted(p.name for p in (out / "Libri2Mix/wav8k/min/dev").iterdir()) == [
+        "mix_clean", "s1", "s2"]
+    data_cfg = load_profile(tmp_path / "params.yaml")["data"]
+    for split, n in (("train", 2), ("dev", 2), ("test", 2)):
+        assert len(make_dataset(data_cfg, split, segment=None)) == n
+    with pytest.raises(FileNotFoundError, match="mix_both.csv.*sep_noisy"):
+        make_dataset({**data_cfg, "task": "sep_noisy"}, "dev", segment=None)
+    # Same settings again: nothing to redo; another seed on the same folder: refused.
+    main(["--params", str(tmp_path / "params.yaml")])
+    # A moved folder (e.g. restored from the DVC cache elsewhere) still loads.
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    mixture, sources = make_dataset({**data_cfg, "out_dir": str(moved)}, "test", segment=None)[0]
+    assert sources.shape == (2, mixture.shape[0])
+    moved.rename(out)
+    with pytest.raises(ConfigError, match="other settings"):
+        prepare({**_cfg(out), "seed": 4}, progress=False)
+
+
+def test_repo_params_profiles_have_the_data_settings():
+    for profile in ("default", "smoke", "libri2mix", "wham"):
+        data = load_profile(REPO / "params.yaml", profile)["data"]
+        for key in ("source", "out_dir", "sample_rate", "mode", "task"):
+            assert key in data, (profile, key)
+        assert data["out_dir"].startswith("data/")
+    default = load_profile(REPO / "params.yaml", "default")["data"]
+    assert default["source"] == "synthetic" and default["sample_rate"] == 8000
+    assert set(default["types"]) == {"mix_clean", "mix_both"}
+
+
+def test_bad_settings_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="data.source"):
+        prepare(_cfg(tmp_path, source="timit"), progress=False)
+    cfg = _cfg(tmp_path)
+    del cfg["data"]["synthetic"]["n_train"]
+    with pytest.raises(ConfigError, match="data.synthetic.n_train"):
+        prepare(cfg, progress=False)
+    with pytest.raises(FileNotFoundError, match="data.librispeech_root"):
+        prepare(_cfg(tmp_path, source="librimix", librispeech_root=str(tmp_path / "none"),
+                     wham_noise_root=str(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="data.sample_rate"):
+        prepare(_cfg(tmp_path, sample_rate=11025), progress=False)
+
+
+def test_make_dataset_errors(tmp_path):
+    data = _cfg(tmp_path / "empty")["data"]
+    with pytest.raises(FileNotFoundError, match="empty.*run `python -m experiments.prepare`"):
+        make_dataset(data, "dev", segment=None)
+    with pytest.raises(ValueError, match="split"):
+        make_dataset(data, "valid", segment=None)
+    with pytest.raises(ConfigError, match="data.task"):
+        make_dataset({**data, "task": "enh_single"}, "dev", segment=None)
+    with pytest.raises(ConfigError, match="data.source"):
+        make_dataset({**data, "source": "timit"}, "dev", segment=None)
+    del data["out_dir"]
+    with pytest.raises(ConfigError, match="data.out_dir"):
+        make_dataset(data, "dev", segment=None)
