@@ -178,7 +178,7 @@ class DiagKernel(SSMKernel):
 
 def fft_len(length: int) -> int:
     """Smallest 5-smooth size >= 2 * length: room for a two-sided kernel without wrap-around."""
-    n = 2 * length
+    n = 2 * int(length)  # int(): under tracing `length` is a 0-d tensor, which `//=` would alias
     while True:
         rest = n
         for factor in (2, 3, 5):
