@@ -27,7 +27,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 def load_profile(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
-    """Top-level settings merged with the active profile's blocks (profile keys win).
+    """Top-level settings deep-merged with the active profile's blocks (profile keys win).
 
     The result has `profile` (its name), `seed`, `threads`, `models`, `ablation` and the
     profile's sections (`data`, `train`, `evaluate`, ...).
@@ -39,10 +39,19 @@ def load_profile(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) 
         raise ConfigError(
             f"{path}: profile {name!r} is not defined under `profiles` (have: {sorted(profiles)})"
         )
-    cfg = {k: copy.deepcopy(v) for k, v in params.items() if k != "profiles"}
-    cfg.update(copy.deepcopy(profiles[name]))
+    cfg = _merge({k: v for k, v in params.items() if k != "profiles"}, profiles[name])
     cfg["profile"] = name
     return cfg
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def require(cfg: dict[str, Any], dotted: str) -> Any:

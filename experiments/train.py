@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -384,9 +385,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
 
     ckpt_dir = out_dir / CKPT_DIR
     last = ckpt_dir / LAST
-    resume = last.is_file()
-    if resume:
-        _check_same_run(last, run_config)
+    resume = last.is_file() and _same_run(last, run_config)
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST.removesuffix(".ckpt"),
                                 monitor="val_loss", mode="min", save_top_k=1, save_last=True,
                                 auto_insert_metric_name=False, enable_version_counter=False)
@@ -447,14 +446,30 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     return metrics
 
 
-def _check_same_run(last: Path, run_config: dict[str, Any]) -> None:
+# Budget settings may change between a run and its resumption (e.g. a longer max_time_s).
+BUDGET_KEYS = ("max_steps", "max_epochs", "max_time_s", "progress_bar")
+
+
+def _same_run(last: Path, run_config: dict[str, Any]) -> bool:
+    """Whether `last` belongs to this run (same model, seed, data and training settings up to
+    the budget). A checkpoint of another run is moved aside, so that a changed setting (a
+    `dvc exp run -S ...`) trains afresh instead of failing or resuming the wrong run."""
     saved = torch.load(last, map_location="cpu", weights_only=True).get("training_config", {})
-    for key in ("model", "model_overrides", "seed"):
-        if saved.get(key) != run_config[key]:
-            raise ConfigError(
-                f"{last}: checkpoint of another run ({key}={saved.get(key)!r}, now "
-                f"{run_config[key]!r}); use another --out or delete {last.parent}"
-            )
+
+    def key(config: dict[str, Any]) -> dict[str, Any]:
+        train = {k: v for k, v in config.get("train", {}).items() if k not in BUDGET_KEYS}
+        return {k: config.get(k) for k in ("model", "model_overrides", "seed", "data")} | {
+            "train": train}
+
+    if key(saved) == key(run_config):
+        return True
+    stale = last.parent.with_name(last.parent.name + ".stale")
+    if stale.exists():
+        shutil.rmtree(stale)
+    os.replace(last.parent, stale)
+    print(f"train: {last} is a checkpoint of other settings; moved to {stale}, starting afresh",
+          file=sys.stderr)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

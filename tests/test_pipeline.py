@@ -41,7 +41,11 @@ def smoke_repo(tmp_path_factory) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A committed repo, as a user's clone is (DVCLive reads HEAD).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "smoke copy"], cwd=root, check=True)
     return root
 
 

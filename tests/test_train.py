@@ -106,8 +106,9 @@ def test_outputs_model_metrics_and_curves(prepared: Path, tmp_path: Path) -> Non
     assert "loss" in live["val"] and (tmp_path / "dvclive/plots/metrics/val/loss.tsv").is_file()
     again = train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, TINY_CONVTASNET)
     assert again["resumed"] and again["steps"] == 3  # a finished run does no more steps
-    with pytest.raises(ConfigError, match="another run"):
-        train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, {"n_filters": 8})
+    other = train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, {"n_filters": 8})
+    assert not other["resumed"] and other["steps"] == 3  # other settings train afresh
+    assert (tmp_path / "checkpoints.stale" / "last.ckpt").is_file()
 
 
 def test_ddp_two_processes_end_with_the_same_weights(prepared: Path, tmp_path: Path) -> None:
