@@ -1,9 +1,10 @@
 """Multi-scale block of S4M (TDANet's separator block with S4 in place of attention).
 
-Layout is (B, C, T) throughout. Costly full-rate work is kept to native fused kernels:
-gLN is `group_norm` with one group, depthwise convs are real `groups=C` convs (oneDNN path),
-pooling is a strided depthwise conv, and each local/global fusion folds its gLN into one
-broadcast multiply-add instead of materialising upsampled copies.
+Tensors are (B, C, T) but stored time-major ((B, T, C) memory, "channels-last"): on CPU the
+oneDNN depthwise convs, pooling and gLN are several times faster in that layout, 1x1 convs are
+plain GEMMs on the (B, T, C) view, channel LayerNorms need no copies, and broadcasting a coarse
+map over time keeps the contiguous channel axis innermost. Each local/global fusion folds its
+gLN into one broadcast multiply-add instead of materialising upsampled copies.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from .ssm import S4Layer
 GLN_EPS = 1e-8
 
 
+def time_major(x: Tensor) -> Tensor:
+    """(B, C, T) with (B, T, C) memory; a no-op when already so."""
+    return x if x.stride(1) == 1 else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def pointwise(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """1x1 conv (weight (C_out, C_in, 1)) of a (B, C_in, T) map as a GEMM on its (B, T, C) view."""
+    return F.linear(time_major(x).transpose(1, 2), weight[..., 0], bias).transpose(1, 2)
+
+
 class GlobLN(nn.Module):
     """Global layer norm over (C, T) per sample, per-channel affine."""
 
@@ -26,16 +37,71 @@ class GlobLN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x, 1, self.gamma, self.beta, GLN_EPS)
+        return F.group_norm(time_major(x)[:, :, None], 1, self.gamma, self.beta, GLN_EPS).squeeze(2)
 
 
 def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """`conv(x)`, except depthwise 1x1 convs run as a per-channel multiply-add: torch's CPU
-    grouped conv falls back to a slow per-group loop for them."""
+    """`conv(x)` on a time-major map, kept time-major: 1x1 convs as GEMMs, depthwise 1x1 convs as
+    a per-channel multiply-add (torch's CPU grouped conv loops over groups for them), other
+    convs as unit-height conv2d (oneDNN's channels-last path)."""
+    if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.stride[0] == 1:
+        return pointwise(conv.weight, conv.bias, x)
     if conv.kernel_size[0] == 1 and conv.groups > 1 and conv.groups == conv.in_channels:
         w = conv.weight[:, 0]  # (C, 1)
         return x * w if conv.bias is None else torch.addcmul(conv.bias[:, None], x, w)
-    return conv(x)
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return _Depthwise.apply(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
+    y = F.conv2d(time_major(x)[:, :, None], conv.weight[:, :, None], conv.bias,
+                 (1, conv.stride[0]), (0, conv.padding[0]), 1, conv.groups)
+    return y.squeeze(2)
+
+
+def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
+    """Depthwise conv of a (B, C, T) map as a unit-height channels-last conv2d, time-major out."""
+    y = F.conv2d(time_major(x)[:, :, None], weight[:, :, None], bias, (1, stride), (0, pad), 1,
+                 x.shape[1])
+    return y.squeeze(2)
+
+
+class _Depthwise(torch.autograd.Function):
+    """Depthwise conv with a hand-written backward: oneDNN's depthwise backward on CPU is ~40x
+    its forward. grad_input is a forward depthwise conv of the (zero-stuffed, if strided)
+    output gradient with the flipped kernel; grad_weight is K shifted products summed over
+    (B, T) on the time-major views."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
+                pad: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.pad, ctx.has_bias = stride, pad, bias is not None
+        return _depthwise(x, weight, bias, stride, pad)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        s, pad, k = ctx.stride, ctx.pad, weight.shape[-1]
+        b, c, t = x.shape
+        g_t = time_major(grad).transpose(1, 2)  # (B, T_out, C)
+        t_out = g_t.shape[1]
+        # output gradient zero-stuffed to input rate in a (B, T + 2 pad, C) buffer: g at s * i
+        g_up = g_t.new_zeros(b, t + 2 * pad, c)
+        g_up[:, : s * (t_out - 1) + 1: s] = g_t
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            full = _depthwise(g_up.transpose(1, 2), weight.flip(-1), None, 1, k - 1)
+            grad_x = full[..., pad: pad + t]
+        if ctx.needs_input_grad[1]:
+            # tap j: sum over rows r of x_pad[r + j] * g_up[r] on the flattened (B*(T+2pad), C)
+            # buffers; g_up is zero past each sample's outputs, so rows never mix samples
+            x_pad = F.pad(time_major(x).transpose(1, 2), (0, 0, pad, pad)).view(-1, c)
+            g_flat, rows = g_up.view(-1, c), x_pad.shape[0]
+            grad_w = weight.new_empty(c, k)
+            for tap in range(k):
+                torch.sum(x_pad[tap:] * g_flat[: rows - tap], 0, out=grad_w[:, tap])
+            grad_w = grad_w[:, None]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g_t.sum((0, 1))
+        return grad_x, grad_w, grad_b, None, None
 
 
 class ConvNorm(nn.Module):
@@ -55,11 +121,12 @@ class ConvNorm(nn.Module):
 
 
 def _align(x: Tensor, length: int) -> Tensor:
-    """Nearest resampling along time for integer ratios; (B,C,T) -> (B,C,T',1) broadcastable."""
-    t = x.shape[-1]
-    if t > length:  # released top-down quirk: a finer map used as "global" input
-        return x[..., :: t // length, None]
-    return x[..., None]
+    """Nearest resampling along time for integer ratios: (B, C, T) -> (B, T', 1, C), which
+    broadcasts over a (B, T', r, C) view of a time-major (B, C, T' * r) map."""
+    x = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
+    if x.shape[1] > length:  # released top-down quirk: a finer map used as "global" input
+        x = x[:, :: x.shape[1] // length]
+    return x[:, :, None]
 
 
 class Fusion(nn.Module):
@@ -82,21 +149,24 @@ class Fusion(nn.Module):
         shift_g = self.global_embedding(glob)
         conv, norm = self.local_embedding.conv, self.local_embedding.norm
         if conv.kernel_size[0] == 1:  # per-channel scale: fold it instead of applying it
-            q, scale = local, conv.weight[:, 0, 0]
-            s1, s2 = q.sum(-1) * scale, torch.einsum("bct,bct->bc", q, q) * scale.square()
+            q, scale = time_major(local), conv.weight[:, 0, 0]
         else:
-            q, scale = conv(local), None
-            s1, s2 = q.sum(-1), torch.einsum("bct,bct->bc", q, q)
+            q, scale = conv1d(conv, local), None
+        q_t = q.transpose(1, 2)  # (B, T, C) contiguous: sums over T vectorise over C
+        s1, s2 = q_t.sum(1), q_t.square().sum(1)  # (B, C)
+        if scale is not None:
+            s1, s2 = s1 * scale, s2 * scale.square()
         mean = s1.sum(1) / (c * t)  # (B,)
         rstd = (s2.sum(1) / (c * t) - mean.square()).clamp_min(0).add(GLN_EPS).rsqrt()
         a = norm.gamma * rstd[:, None]  # (B, C): gLN(q) = a q + shift
         shift = norm.beta - a * mean[:, None]
         if scale is not None:
             a = a * scale
-        gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, C, T', 1)
-        coef = a[..., None, None] * gate
-        bias = torch.addcmul(shift_g, shift[..., None, None], gate)
-        return torch.addcmul(bias, q.view(b, c, gate.shape[2], -1), coef).view(b, c, t)
+        gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, T', 1, C)
+        coef = a[:, None, None] * gate
+        bias = torch.addcmul(shift_g, shift[:, None, None], gate)
+        q = time_major(q).transpose(1, 2).view(b, gate.shape[1], -1, c)  # (B, T', r, C)
+        return torch.addcmul(bias, q, coef).view(b, t, c).transpose(1, 2)
 
 
 class ResidualSSM(nn.Module):
@@ -108,8 +178,8 @@ class ResidualSSM(nn.Module):
         self.layer = S4Layer(channels, **s4_kwargs)
 
     def forward(self, x: Tensor, k_f: Tensor | None = None) -> Tensor:
-        z = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        return x + self.layer(z, k_f)
+        x = time_major(x)
+        return x + self.layer(self.norm(x.transpose(1, 2)).transpose(1, 2), k_f)
 
 
 class FeedForward(nn.Module):
@@ -122,8 +192,9 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Conv1d(channels * expand, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        return x + self.fc2(F.gelu(self.fc1(z)))
+        x_t = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
+        hid = F.gelu(F.linear(self.norm(x_t), self.fc1.weight[..., 0], self.fc1.bias))
+        return (x_t + F.linear(hid, self.fc2.weight[..., 0], self.fc2.bias)).transpose(1, 2)
 
 
 class MultiScaleBlock(nn.Module):
@@ -178,7 +249,7 @@ class MultiScaleBlock(nn.Module):
 
     def forward(self, x: Tensor, kernels: dict[str, Tensor] | None = None) -> Tensor:
         kernels = kernels if kernels is not None else self.kernel_ffts(x.shape[-1])
-        depth, hidden = self.num_scales, self.res_conv.in_channels
+        depth = self.num_scales
         outs = [self.proj(x)]
         for i, down in enumerate(self.down):
             y = down(outs[-1])
@@ -188,9 +259,9 @@ class MultiScaleBlock(nn.Module):
         outs = outs[1:]
         coarse = outs[-1].shape[-1]
         glob = outs[-1]
-        for o in outs[:-1]:  # average pooling as a strided depthwise conv
+        for o in outs[:-1]:  # average pooling to the coarsest rate
             r = o.shape[-1] // coarse
-            glob = glob + F.conv1d(o, o.new_full((hidden, 1, r), 1 / r), stride=r, groups=hidden)
+            glob = glob + F.avg_pool2d(o[:, :, None], (1, r)).squeeze(2)
         if self.global_ssm is not None:
             glob = self.global_ssm(glob, kernels[str(depth - 1)])
         glob = self.ff(glob)
@@ -200,4 +271,4 @@ class MultiScaleBlock(nn.Module):
         expanded = self.recon[depth - 2](fused[depth - 2], fused[(depth - 3) % depth])
         for i in range(depth - 3, -1, -1):
             expanded = self.recon[i](fused[i], expanded)
-        return self.res_conv(expanded) + x
+        return conv1d(self.res_conv, expanded) + x

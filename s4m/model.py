@@ -132,7 +132,7 @@ class S4M(BaseModel):
         frames = self._frames(length)
         wav = F.pad(wav, (k - s, (frames - 1) * s + s - length))  # total (frames-1)*s + k
         feats = self.encoder(wav.unsqueeze(1))  # (B, F, frames)
-        mixture = self.bottleneck(self.ln(feats))  # (B, 128, frames)
+        mixture = conv1d(self.bottleneck, self.ln(feats))  # (B, 128, frames), time-major
         kernels = self.block.kernel_ffts(frames)
         run = self.block
         if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -141,7 +141,8 @@ class S4M(BaseModel):
         y = run(mixture, kernels)
         for _ in range(self.num_blocks - 1):
             y = run(self.concat_act(conv1d(self.concat_conv, mixture + y)), kernels)
-        masks = F.relu(self.mask_net(y)).view(batch, self.n_src, self.n_filters, frames)
+        act, head = self.mask_net
+        masks = F.relu(conv1d(head, act(y))).reshape(batch, self.n_src, self.n_filters, frames)
         est = self.decoder((masks * feats.unsqueeze(1)).flatten(1, 2))
         est = est[..., k - s: k - s + length]
         return est[0] if one_d else est

@@ -236,4 +236,7 @@ class S4Layer(nn.Module):
         return torch.addcmul(y, u, self.D[:, None])
 
     def forward(self, u: Tensor, k_f: Tensor | None = None) -> Tensor:
-        return F.glu(self.output_linear(F.gelu(self.ssm(u, k_f))), dim=1)
+        # 1x1 conv + GLU as a GEMM on the (B, L, H) view; returns (B, 2H -> H, L) time-major
+        act = F.gelu(self.ssm(u, k_f)).transpose(1, 2)
+        w, b = self.output_linear.weight[..., 0], self.output_linear.bias
+        return F.glu(F.linear(act, w, b), dim=-1).transpose(1, 2)

@@ -1,0 +1,50 @@
+"""Ablation stage: one S4M grid cell, trained and evaluated in one process.
+
+`python -m experiments.ablate --num-scales N --d-state D --ssm {s4,s4d}`
+
+The base model is `ablation.base_model` with the cell's constructor overrides; training and
+evaluation settings are the profile's, as for the main models. Outputs go to
+`runs/ablation/<tag>` and `reports/ablation/<tag>` with tag `scales<N>_dstate<D>_<ssm>`, every
+axis in the path (experiments.report parses it back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from experiments.config import load_profile, require
+from experiments.evaluate import evaluate
+from experiments.train import NonFiniteLossError, train
+
+
+def cell_tag(num_scales: int, d_state: int, ssm: str) -> str:
+    return f"scales{num_scales}_dstate{d_state}_{ssm}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-scales", type=int, required=True)
+    parser.add_argument("--d-state", type=int, required=True)
+    parser.add_argument("--ssm", choices=("s4", "s4d"), required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    cfg = load_profile(args.params)
+    tag = cell_tag(args.num_scales, args.d_state, args.ssm)
+    run_dir = Path("runs/ablation") / tag
+    overrides = {"num_scales": args.num_scales, "d_state": args.d_state, "ssm": args.ssm}
+    try:
+        train(cfg, require(cfg, "ablation.base_model"), run_dir, overrides)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    summary = evaluate(cfg, run_dir / "model.pt", tag, Path("reports/ablation") / tag)
+    print(json.dumps({"cell": tag, **{m: round(s["mean"], 2)
+                                      for m, s in summary["metrics"].items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
