@@ -3,9 +3,10 @@
 `python -m experiments.ablate --num-scales N --d-state D --ssm {s4,s4d}`
 
 The base model is `ablation.base_model` with the cell's constructor overrides; training and
-evaluation settings are the profile's, as for the main models. Outputs go to
-`runs/ablation/<tag>` and `reports/ablation/<tag>` with tag `scales<N>_dstate<D>_<ssm>`, every
-axis in the path (experiments.report parses it back).
+evaluation settings are the profile's, as for the main models, except that
+`ablation.max_time_s` (when set) replaces the training time budget, so that a grid fits a
+budget. Outputs go to `runs/ablation/<tag>` and `reports/ablation/<tag>` with tag
+`scales<N>_dstate<D>_<ssm>`, every axis in the path (experiments.report parses it back).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     cfg = load_profile(args.params)
+    if require(cfg, "ablation.max_time_s") is not None:
+        cfg["train"]["max_time_s"] = cfg["ablation"]["max_time_s"]
     tag = cell_tag(args.num_scales, args.d_state, args.ssm)
     run_dir = Path("runs/ablation") / tag
     overrides = {"num_scales": args.num_scales, "d_state": args.d_state, "ssm": args.ssm}

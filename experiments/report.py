@@ -20,8 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from experiments.complexity import load_published  # noqa: E402
 from experiments.config import load_profile  # noqa: E402
 from experiments.env import environment, environment_markdown  # noqa: E402
 
@@ -90,35 +90,34 @@ def load_results(models: list[str], reports: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_published(path: Path = PUBLISHED) -> dict[str, Any]:
-    with path.open() as f:
-        return yaml.safe_load(f)["models"]
-
-
-def _published_value(entry: dict[str, Any], key: str) -> float | None:
-    value = entry.get(key)
-    if isinstance(value, dict):
-        value = value.get("value")
+def _value(figure: dict[str, Any] | None, key: str = "value") -> float | None:
+    value = None if figure is None else figure.get(key)
     return None if value is None else float(value)
 
 
 def paper_vs_here(results: pd.DataFrame, published: dict[str, Any]) -> pd.DataFrame:
+    """Published figures beside ours: Libri2Mix SI-SDRi/SDRi (first entry of the published
+    results, the paper's Table 2 where it has the model), params and MACs."""
     rows = []
     for row in results.itertuples():
-        entry = published.get(row.model, {})
-        paper_si = _published_value(entry.get(PAPER_DATASET, {}), "si_sdri")
-        paper_params = _published_value(entry, "params_m")
-        paper_macs = _published_value(entry, "macs_g_per_s")
+        entry = published["models"].get(row.model, {})
+        paper = (entry.get("results", {}).get(PAPER_DATASET) or [None])[0]
+        paper_si, paper_sdr = _value(paper, "si_sdri"), _value(paper, "sdri")
+        paper_params = _value(entry.get("params_m"))
+        paper_macs = _value(entry.get("macs_g_per_s"))
         rows.append({
             "model": row.model,
             "si_sdri_paper": paper_si,
             "si_sdri_here": row.si_sdri_db,
             "si_sdri_diff": None if paper_si is None else row.si_sdri_db - paper_si,
+            "sdri_paper": paper_sdr,
+            "sdri_here": row.sdri_db,
             "params_m_paper": paper_params,
             "params_m_here": row.params_m,
             "params_m_diff": None if paper_params is None else row.params_m - paper_params,
             "macs_g_per_s_paper": paper_macs,
             "macs_g_per_s_here": row.macs_g_per_s,
+            "source": paper["source"] if paper else "–",
         })
     return pd.DataFrame(rows)
 
@@ -258,6 +257,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     env_md = "\n## Environment\n\n" + environment_markdown(env)
     results = load_results(models, reports)
     published = load_published(published_path)
+    sources = "\n".join(f"- `{key}`: {text}" for key, text in published["sources"].items())
     versus = paper_vs_here(results, published)
     ablation = load_ablation(reports)
     display = results_display(results)
@@ -277,10 +277,11 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     _write_text(reports / "results.tex", latex_table(display, f"Results, profile {cfg['profile']}"))
     _write_text(reports / "paper_vs_here.md",
                 "# Paper vs here\n\nPublished figures (experiments/published.yaml; Libri2Mix "
-                "SI-SDRi from the S4M paper's Table 2) beside this run's. Differences are here "
-                "minus paper. Only the paper profile on the real corpus is comparable in dB; "
+                "results from the S4M paper's Table 2 where it lists the model) beside this "
+                "run's. Differences are here minus paper. Only the paper profile on the real "
+                "corpus is comparable in dB; "
                 f"params and MACs are comparable on any profile.\n\n{markdown_table(versus)}"
-                f"{env_md}")
+                f"\nSources:\n\n{sources}\n{env_md}")
     _write_csv(reports / "ablation.csv", ablation)
     _write_text(reports / "ablation.md",
                 f"# S4M ablation: scales x state size x SSM kind\n\nBase model "
