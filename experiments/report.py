@@ -139,8 +139,9 @@ def load_ablation(reports: Path) -> pd.DataFrame:
             "si_sdri_ci95": ci,
             "sdri_db": metric_stats(summary, "sdr_i")[0],
         })
-    return pd.DataFrame(rows, columns=["num_scales", "d_state", "ssm", "si_sdri_db",
-                                       "si_sdri_ci95", "sdri_db"])
+    frame = pd.DataFrame(rows, columns=["num_scales", "d_state", "ssm", "si_sdri_db",
+                                        "si_sdri_ci95", "sdri_db"])
+    return frame.sort_values(["ssm", "num_scales", "d_state"], ignore_index=True)
 
 
 def _fmt(value: Any) -> str:
@@ -183,18 +184,15 @@ def latex_table(display: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_curves(models: list[str], runs: Path) -> dict[str, pd.DataFrame]:
-    """Validation-loss curves logged by DVCLive, per model (missing logs are skipped)."""
-    curves = {}
+def training_curves(models: list[str], runs: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Train and validation loss curves logged by DVCLive, per model (missing logs skipped)."""
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
     for model in models:
         metrics_dir = runs / model / "dvclive" / "plots" / "metrics"
-        for name in ("val_loss", "val/loss", "train_loss", "train/loss"):
-            path = metrics_dir / f"{name}.tsv"
-            if path.is_file():
-                frame = pd.read_csv(path, sep="\t")
-                if len(frame):
-                    curves[model] = frame
-                break
+        for split in ("train", "val"):
+            path = metrics_dir / split / "loss.tsv"
+            if path.is_file() and len(frame := pd.read_csv(path, sep="\t")):
+                curves.setdefault(model, {})[split] = frame
     return curves
 
 
@@ -213,16 +211,21 @@ def plot_sisdri_vs_macs(results: pd.DataFrame, path: Path) -> None:
     _save_figure(fig, path)
 
 
-def plot_training_curves(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model, frame in curves.items():
-        value_col = frame.columns[-1]
-        ax.plot(frame["step"], frame[value_col], label=f"{model} ({value_col})")
+def plot_training_curves(curves: dict[str, dict[str, pd.DataFrame]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (model, splits) in enumerate(curves.items()):
+        color = f"C{i}"
+        if "train" in splits:
+            ax.plot(splits["train"]["step"], splits["train"]["loss"], color=color, alpha=0.5,
+                    marker=".", label=f"{model} train")
+        if "val" in splits:
+            ax.plot(splits["val"]["step"], splits["val"]["loss"], color=color, marker="o",
+                    linestyle="--", label=f"{model} val")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (negative SI-SDR, dB)")
-    ax.set_title("Training curves")
+    ax.set_title("Training curves (solid: train, dashed: validation)")
     if curves:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     else:
         ax.text(0.5, 0.5, "no training logs found", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
@@ -262,6 +265,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     ablation = load_ablation(reports)
     display = results_display(results)
     budget = cfg.get("train", {})
+    cell_budget = cfg["ablation"].get("max_time_s") or budget.get("max_time_s")
     scope = (
         f"Profile `{cfg['profile']}`: dataset `{cfg['data'].get('source')}` "
         f"({cfg['data'].get('task')}, {cfg['data'].get('sample_rate')} Hz, "
@@ -285,7 +289,8 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     _write_csv(reports / "ablation.csv", ablation)
     _write_text(reports / "ablation.md",
                 f"# S4M ablation: scales x state size x SSM kind\n\nBase model "
-                f"`{cfg['ablation']['base_model']}`, same budget as the main table.\n\n"
+                f"`{cfg['ablation']['base_model']}` with each cell's overrides; training time "
+                f"budget {cell_budget} s per cell, otherwise the main table's settings.\n\n"
                 f"{markdown_table(ablation)}{env_md}")
     figures = reports / "figures"
     plot_sisdri_vs_macs(results, figures / "sisdri_vs_macs.png")
