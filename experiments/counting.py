@@ -262,6 +262,16 @@ def _zero(args, outs, in_ssm):
     return Counter()
 
 
+def _avg_pool(args, outs, in_ssm):
+    """Average pooling: one add per input element summed (windows tile or overlap little)."""
+    return Counter({ELEMENTWISE: args[0].numel})
+
+
+def _depthwise_function(args, outs, in_ssm):
+    """s4m.blocks._Depthwise (x, weight (C, 1, K), bias, stride, pad): K taps per output."""
+    return _matmul(outs[0].numel * args[1].shape[-1], args, outs)
+
+
 # Names shared by the trace (aten::name) and the dispatcher (aten.name); in-place twins added below.
 _ELEMENTWISE_COSTS: dict[str, Cost] = {
     **{n: _elementwise(2) for n in ("add", "sub", "rsub", "neg", "conj_physical")},
@@ -305,6 +315,8 @@ _MATMUL_SHARED: dict[str, Cost] = {
     "mv": _contract_last(0), "dot": _contract_last(0), "vdot": _contract_last(0),
     "addmm": _contract_last(1), "baddbmm": _contract_last(1), "addmv": _contract_last(1),
     "convolution": _conv(6), "_convolution": _conv(6),
+    **{n: _avg_pool for n in ("avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
+                              "adaptive_avg_pool2d", "_adaptive_avg_pool2d")},
 }
 
 _JIT_ONLY: dict[str, Cost] = {
@@ -320,6 +332,10 @@ _JIT_ONLY: dict[str, Cost] = {
     "layer_norm": _norm(2), "group_norm": _norm(2), "instance_norm": _norm(1),
     "batch_norm": _norm(1, training_arg=5),
 }
+
+# Custom autograd Functions appear in fvcore's trace as opaque `prim::PythonOp.<name>` nodes
+# (ptflops sees the aten ops they dispatch to instead).
+_PYTHON_OPS: dict[str, Cost] = {"_Depthwise": _depthwise_function}
 
 _DISPATCH_ONLY: dict[str, Cost] = {
     **{n: _attention for n in (
@@ -433,11 +449,12 @@ def _from_jit(value: Any) -> Any:
 
 
 def _fvcore_handle(op: str, cost: Cost, ssm_names: set[str]) -> Callable:
+    """A handle for the traced node `op` ("aten::name" or "prim::PythonOp.name")."""
     def handle(inputs: list, outputs: list) -> Counter:
         scope = outputs[0].node().scopeName() if outputs else ""
         in_ssm = any(part in ssm_names for part in scope.split("/"))
         counts = cost([_from_jit(v) for v in inputs], [_from_jit(v) for v in outputs], in_ssm)
-        return Counter({f"{category}/aten::{op}": float(v) for category, v in counts.items()})
+        return Counter({f"{category}/{op}": float(v) for category, v in counts.items()})
 
     return handle
 
@@ -454,9 +471,10 @@ def count_fvcore(
         if ours:
             names = _ssm_names(model, ssm_scope)
             analysis.clear_op_handles()
-            analysis.set_op_handle(
-                **{f"aten::{op}": _fvcore_handle(op, cost, names) for op, cost in JIT_COSTS.items()}
-            )
+            ops = {f"aten::{op}": cost for op, cost in JIT_COSTS.items()}
+            ops.update({f"prim::PythonOp.{fn}": cost for fn, cost in _PYTHON_OPS.items()})
+            analysis.set_op_handle(**{op: _fvcore_handle(op, cost, names)
+                                      for op, cost in ops.items()})
         total = float(analysis.total())
         counts = analysis.by_operator()
         uncounted = _arithmetic_only(analysis.unsupported_ops())
