@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.complexity import load_published  # noqa: E402
+from experiments.complexity import atomic_write_text, load_published  # noqa: E402
 from experiments.config import load_profile  # noqa: E402
 from experiments.env import environment, environment_markdown  # noqa: E402
 
@@ -33,18 +33,8 @@ ABLATION_TAG = re.compile(r"^scales(?P<num_scales>\d+)_dstate(?P<d_state>\d+)_(?
 PAPER_DATASET = "libri2mix"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.2f")
-    os.replace(tmp, path)
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.2f"))
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:
@@ -276,22 +266,24 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
         "FFTs and SSM ops counted); RTF: inference time / audio duration."
     )
     _write_csv(reports / "results.csv", results)
-    _write_text(reports / "results.md",
-                f"# Results\n\n{scope}\n\n{markdown_table(display)}{env_md}")
-    _write_text(reports / "results.tex", latex_table(display, f"Results, profile {cfg['profile']}"))
-    _write_text(reports / "paper_vs_here.md",
-                "# Paper vs here\n\nPublished figures (experiments/published.yaml; Libri2Mix "
-                "results from the S4M paper's Table 2 where it lists the model) beside this "
-                "run's. Differences are here minus paper. Only the paper profile on the real "
-                "corpus is comparable in dB; "
-                f"params and MACs are comparable on any profile.\n\n{markdown_table(versus)}"
-                f"\nSources:\n\n{sources}\n{env_md}")
+    atomic_write_text(reports / "results.md",
+                      f"# Results\n\n{scope}\n\n{markdown_table(display)}{env_md}")
+    atomic_write_text(reports / "results.tex",
+                      latex_table(display, f"Results, profile {cfg['profile']}"))
+    atomic_write_text(reports / "paper_vs_here.md",
+                      "# Paper vs here\n\nPublished figures (experiments/published.yaml; Libri2Mix "
+                      "results from the S4M paper's Table 2 where it lists the model) beside this "
+                      "run's. Differences are here minus paper. Only the paper profile on the real "
+                      "corpus is comparable in dB; "
+                      f"params and MACs are comparable on any profile.\n\n{markdown_table(versus)}"
+                      f"\nSources:\n\n{sources}\n{env_md}")
     _write_csv(reports / "ablation.csv", ablation)
-    _write_text(reports / "ablation.md",
-                f"# S4M ablation: scales x state size x SSM kind\n\nBase model "
-                f"`{cfg['ablation']['base_model']}` with each cell's overrides; training time "
-                f"budget {cell_budget} s per cell, otherwise the main table's settings.\n\n"
-                f"{markdown_table(ablation)}{env_md}")
+    atomic_write_text(reports / "ablation.md",
+                      f"# S4M ablation: scales x state size x SSM kind\n\nBase model "
+                      f"`{cfg['ablation']['base_model']}` with each cell's overrides; training "
+                      f"time budget {cell_budget} s per cell, otherwise the main table's "
+                      "settings.\n\n"
+                      f"{markdown_table(ablation)}{env_md}")
     figures = reports / "figures"
     plot_sisdri_vs_macs(results, figures / "sisdri_vs_macs.png")
     plot_training_curves(training_curves(models, runs), figures / "training_curves.png")
@@ -302,7 +294,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
         "best_ablation": (ablation.sort_values("si_sdri_db").iloc[-1][
             ["num_scales", "d_state", "ssm", "si_sdri_db"]].to_dict() if len(ablation) else None),
     }
-    _write_text(reports / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_write_text(reports / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 
 
