@@ -13,8 +13,6 @@ import argparse
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 import yaml
 from torch import nn
 
+from experiments.atomic import write_text
 from experiments.config import ConfigError, load_profile, require
 from experiments.counting import ELEMENTWISE, FFT, MATMUL, NORM, MacCount, count_all, is_ssm_module
 from experiments.env import environment
@@ -175,21 +174,6 @@ def _summary(by_name: dict[str, dict[str, Any]], published: dict[str, Any]) -> d
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def csv_text(rows: list[dict[str, Any]], columns: Iterable[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
@@ -202,8 +186,8 @@ def write_reports(payload: dict[str, Any], out_dir: str | Path, stem: str,
                   columns: Iterable[str]) -> tuple[Path, Path]:
     """<out_dir>/<stem>.csv (the rows) and <stem>.json (everything), each written atomically."""
     out_dir = Path(out_dir)
-    csv_path = atomic_write_text(out_dir / f"{stem}.csv", csv_text(payload["rows"], columns))
-    json_path = atomic_write_text(out_dir / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    csv_path = write_text(out_dir / f"{stem}.csv", csv_text(payload["rows"], columns))
+    json_path = write_text(out_dir / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
     return csv_path, json_path
 
 
@@ -232,17 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
     args = parser.parse_args(argv)
 
-    from experiments.models import build_model, list_models
+    from experiments.models import build_model, check_model_names
 
     cfg = load_profile(args.params)
     seconds = float(require(cfg, "complexity.seconds"))
     sample_rate = int(require(cfg, "data.sample_rate"))
     threads, seed = int(require(cfg, "threads")), int(require(cfg, "seed"))
     names = args.models or list(require(cfg, "models"))
-    unknown = sorted(set(names) - set(list_models()))
-    if unknown:
-        raise ConfigError(f"{args.params}: `models` has unknown names {unknown} "
-                          f"(registry: {list_models()})")
+    check_model_names(names, f"{args.params}: `models`")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     published = load_published()

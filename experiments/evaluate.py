@@ -18,25 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from matplotlib.figure import Figure  # not pyplot: no GUI backend to pick, a faster import
+from scipy import stats
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import soundfile as sf  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from experiments.config import ConfigError, load_profile, require  # noqa: E402
-from experiments.env import environment  # noqa: E402
-from experiments.metrics import check_optional_metrics, separation_metrics  # noqa: E402
+from experiments.atomic import atomic_path, write_text
+from experiments.config import ConfigError, load_profile, require
+from experiments.env import environment
+from experiments.metrics import check_optional_metrics, separation_metrics
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -55,19 +52,9 @@ def summarize(values: list[float]) -> dict[str, Any]:
             "ci95_high": mean + half, "count": n}
 
 
-def _replace(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
-    _replace(path, lambda tmp: sf.write(tmp, wav.numpy(), sample_rate, subtype="FLOAT",
-                                        format="WAV"))
+    with atomic_path(path) as tmp:
+        sf.write(tmp, wav.numpy(), sample_rate, subtype="FLOAT", format="WAV")
 
 
 def spectrogram_figure(path: Path, signals: dict[str, torch.Tensor], sample_rate: int,
@@ -75,7 +62,8 @@ def spectrogram_figure(path: Path, signals: dict[str, torch.Tensor], sample_rate
     """One log-magnitude STFT panel per signal (32 ms Hann window, 8 ms hop), shared scale."""
     n_fft = int(0.032 * sample_rate)
     window = torch.hann_window(n_fft)
-    fig, axes = plt.subplots(len(signals), 1, figsize=(8, 1.8 * len(signals)), sharex=True)
+    fig = Figure(figsize=(8, 1.8 * len(signals)))
+    axes = fig.subplots(len(signals), 1, sharex=True)
     for ax, (label, wav) in zip(np.atleast_1d(axes), signals.items(), strict=True):
         spec = torch.stft(wav.float(), n_fft, hop_length=n_fft // 4, window=window,
                           return_complex=True).abs()
@@ -86,8 +74,8 @@ def spectrogram_figure(path: Path, signals: dict[str, torch.Tensor], sample_rate
         ax.set_ylabel(f"{label}\nkHz")
     np.atleast_1d(axes)[-1].set_xlabel("time (s)")
     fig.suptitle(title)
-    _replace(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
 
 
 def _utt_id(raw: Any, index: int) -> str:
@@ -155,9 +143,8 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str,
         "metrics": {m: summarize(frame[m].tolist()) for m in metric_names},
         "env": environment(str(cfg.get("profile")), threads),
     }
-    _replace(out_dir / "per_utterance.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    _replace(out_dir / "summary.json",
-             lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    write_text(out_dir / "per_utterance.csv", frame.to_csv(index=False))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -9,7 +9,6 @@ sepformer checkpoint folders.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +24,8 @@ from baselines.pretrained import (
     load_state,
     load_weights_file,
 )
+from experiments.atomic import atomic_path
+from experiments.config import ConfigError
 
 MODEL_NAMES: tuple[str, ...] = ("s4m_tiny", "s4m", "convtasnet", "dprnn", "sudormrf", "sepformer")
 PACKAGE_FORMAT = "s4m-bench-model"
@@ -80,6 +81,13 @@ def list_models() -> list[str]:
     return list(MODEL_NAMES)
 
 
+def check_model_names(names: list[str], where: str) -> None:
+    """A ConfigError naming `where` (e.g. "params.yaml: `models`") for names not in the registry."""
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        raise ConfigError(f"{where} has unknown names {unknown} (registry: {list(MODEL_NAMES)})")
+
+
 def _check_name(name: str) -> None:
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; registry models: {', '.join(MODEL_NAMES)}")
@@ -132,15 +140,9 @@ def save_model(model: torch.nn.Module, path: str | Path) -> Path:
     package.pop("infos", None)  # asteroid's holds TorchVersion objects; `versions` replaces it
     package.update(format=PACKAGE_FORMAT, format_version=PACKAGE_VERSION, registry=spec,
                    versions=_versions())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(package, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _name_of(model: torch.nn.Module) -> str:

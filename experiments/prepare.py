@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.atomic import write_text
 from experiments.config import ConfigError, load_profile, require
-from experiments.data.audio import resolve_workers, write_text
+from experiments.data.audio import resolve_workers
 
 DEFAULT_TYPES = ("mix_clean", "mix_both")
 
@@ -34,10 +35,17 @@ def prepare(cfg: dict[str, Any], progress: bool = True) -> Path:
         syn = require(cfg, "data.synthetic")
         counts = {k: int(require(cfg, f"data.synthetic.{k}"))
                   for k in ("n_train", "n_dev", "n_test", "n_speakers")}
+        speech = {}
+        if syn.get("speech_seconds") is not None:
+            seconds = syn["speech_seconds"]
+            if not (isinstance(seconds, list) and len(seconds) == 2):
+                raise ConfigError("params.yaml: data.synthetic.speech_seconds must be a list "
+                                  f"[lo, hi] of seconds, got {seconds!r}")
+            speech["speech_seconds"] = tuple(seconds)
         built = build_synthetic_dataset(out_dir, **counts, sample_rate=sample_rate, mode=mode,
                                         seed=seed, types=types, workers=workers,
                                         keep_corpora=bool(syn.get("keep_corpora", False)),
-                                        progress=progress)
+                                        progress=progress, **speech)
     elif source == "librimix":
         from experiments.data.librimix import build_librimix
 

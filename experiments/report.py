@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.complexity import atomic_write_text, load_published  # noqa: E402
+from experiments.atomic import atomic_path, write_text  # noqa: E402
+from experiments.complexity import load_published  # noqa: E402
 from experiments.config import load_profile  # noqa: E402
 from experiments.env import environment, environment_markdown  # noqa: E402
 
@@ -34,15 +34,13 @@ PAPER_DATASET = "libri2mix"
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.2f"))
+    write_text(path, frame.to_csv(index=False, float_format="%.2f"))
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
@@ -266,11 +264,11 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
         "FFTs and SSM ops counted); RTF: inference time / audio duration."
     )
     _write_csv(reports / "results.csv", results)
-    atomic_write_text(reports / "results.md",
+    write_text(reports / "results.md",
                       f"# Results\n\n{scope}\n\n{markdown_table(display)}{env_md}")
-    atomic_write_text(reports / "results.tex",
+    write_text(reports / "results.tex",
                       latex_table(display, f"Results, profile {cfg['profile']}"))
-    atomic_write_text(reports / "paper_vs_here.md",
+    write_text(reports / "paper_vs_here.md",
                       "# Paper vs here\n\nPublished figures (experiments/published.yaml; Libri2Mix "
                       "results from the S4M paper's Table 2 where it lists the model) beside this "
                       "run's. Differences are here minus paper. Only the paper profile on the real "
@@ -278,7 +276,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
                       f"params and MACs are comparable on any profile.\n\n{markdown_table(versus)}"
                       f"\nSources:\n\n{sources}\n{env_md}")
     _write_csv(reports / "ablation.csv", ablation)
-    atomic_write_text(reports / "ablation.md",
+    write_text(reports / "ablation.md",
                       f"# S4M ablation: scales x state size x SSM kind\n\nBase model "
                       f"`{cfg['ablation']['base_model']}` with each cell's overrides; training "
                       f"time budget {cell_budget} s per cell, otherwise the main table's "
@@ -294,7 +292,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
         "best_ablation": (ablation.sort_values("si_sdri_db").iloc[-1][
             ["num_scales", "d_state", "ssm", "si_sdri_db"]].to_dict() if len(ablation) else None),
     }
-    atomic_write_text(reports / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    write_text(reports / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 
 

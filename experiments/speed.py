@@ -1,26 +1,27 @@
 """`python -m experiments.speed`: inference time, real-time factor, training-step time and peak
 memory for every registry model.
 
-Each model runs in a fresh subprocess (`--worker`), so one model's allocations and thread pools
-cannot colour the next one's numbers and the CPU peak memory is an honest RSS delta: the peak
-resident set (VmHWM, reset through /proc/self/clear_refs) minus the resident set just before the
-measured calls. On CUDA it synchronises, times with CUDA events and reads
-`torch.cuda.max_memory_allocated` above the memory allocated before the calls. Writes
-reports/speed.csv and reports/speed.json and prints the issue's goal ratios.
+Each model runs in its own process, forked from a multiprocessing forkserver that has imported
+the model libraries but run nothing (so the libraries load once, not once per model), so one
+model's allocations and thread pools cannot colour the next one's numbers and the CPU peak
+memory is an honest RSS delta: the peak resident set (VmHWM, reset through
+/proc/self/clear_refs) minus the resident set just before the measured calls. On CUDA it
+synchronises, times with CUDA events and reads `torch.cuda.max_memory_allocated` above the
+memory allocated before the calls. Writes reports/speed.csv and reports/speed.json and prints
+the issue's goal ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import multiprocessing
 import os
 import re
 import resource
 import statistics
-import subprocess
-import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -33,7 +34,6 @@ from experiments.config import ConfigError, load_profile, require
 from experiments.env import environment
 
 REGISTRY_FACTORY = "experiments.models:build_model"
-RESULT_PREFIX = "SPEED_RESULT "
 MIB = 2**20
 
 COLUMNS = (
@@ -219,7 +219,7 @@ def _load_factory(path: str) -> Callable[..., nn.Module]:
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build the model the spec names and benchmark it (the body of `--worker`)."""
+    """Build the model the spec names and benchmark it (the body of a worker process)."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)
     model = _load_factory(spec["factory"])(**spec["kwargs"])
@@ -227,24 +227,51 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             **benchmark_model(model, settings, spec["sample_rate"], spec.get("seed", 0))}
 
 
+def _worker(spec: dict[str, Any], conn: Any) -> None:
+    try:
+        conn.send(("ok", run_worker(spec)))
+    except BaseException:  # reported by the parent, which names the model
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
 # ---- the stage ---------------------------------------------------------------------------------
 
 
+def _forkserver(threads: int) -> Any:
+    """The forkserver context; its server starts (once) with the thread settings in its
+    environment and the registry's libraries imported."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
+    return ctx
+
+
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """`run_worker(spec)` in a fresh interpreter; a failure raises naming the model."""
-    threads = str(spec["settings"]["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    cmd = [sys.executable, "-m", "experiments.speed", "--worker", json.dumps(spec)]
+    """`run_worker(spec)` in a process of its own; a failure raises naming the model."""
+    ctx = _forkserver(spec["settings"]["threads"])
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(spec, send), daemon=True)
+    proc.start()
+    send.close()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
-    except subprocess.TimeoutExpired as err:
-        raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
-                           f"speed.timeout_s={timeout_s:g} s") from err
-    results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not results:
-        raise RuntimeError(f"speed worker for {spec['model']!r} failed (exit {done.returncode}):"
-                           f"\n{done.stderr[-3000:]}")
-    return json.loads(results[-1][len(RESULT_PREFIX):])
+        if not receive.poll(timeout_s):
+            raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
+                               f"speed.timeout_s={timeout_s:g} s")
+        try:
+            status, payload = receive.recv()
+        except EOFError:  # killed (out of memory, a signal) before it could report
+            proc.join()
+            status, payload = "error", f"the worker died (exit code {proc.exitcode})"
+    finally:
+        if proc.is_alive():  # past the timeout, or still exiting after its report
+            proc.kill()
+        proc.join()
+        receive.close()
+    if status != "ok":
+        raise RuntimeError(f"speed worker for {spec['model']!r} failed:\n{payload[-3000:]}")
+    return payload
 
 
 def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
@@ -302,22 +329,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default="reports")
     parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON spec: run one model, print
     args = parser.parse_args(argv)
-    if args.worker:
-        print(RESULT_PREFIX + json.dumps(run_worker(json.loads(args.worker))), flush=True)
-        return
 
     cfg = load_profile(args.params)
     settings = SpeedSettings.from_config(cfg)
     sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
     names = args.models or list(require(cfg, "models"))
-    from experiments.models import list_models
+    from experiments.models import check_model_names
 
-    unknown = sorted(set(names) - set(list_models()))
-    if unknown:
-        raise ConfigError(f"{args.params}: `models` has unknown names {unknown} "
-                          f"(registry: {list_models()})")
+    check_model_names(names, f"{args.params}: `models`")
     resolve_device(settings.device)  # fail before starting any worker
     specs = [{"model": name, "factory": REGISTRY_FACTORY,
               "kwargs": {"name": name, "sample_rate": sample_rate},

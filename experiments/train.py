@@ -44,6 +44,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from experiments.atomic import atomic_path, write_text
 from experiments.config import ConfigError, load_profile, require
 
 LOSSES = {"neg_sisdr": pairwise_neg_sisdr, "neg_snr": pairwise_neg_snr}
@@ -233,10 +234,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 # ---------------------------------------------------------------------------------- config
@@ -352,9 +351,7 @@ def _stopped_by(trainer: pl.Trainer, train: dict[str, Any], stopper: EarlyStoppi
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,

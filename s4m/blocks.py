@@ -63,11 +63,51 @@ def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad:
     return y.squeeze(2)
 
 
+_TAP_CHUNK = 1 << 18  # elements of the (rows, K, C) weight-gradient accumulator: ~L2-sized
+
+
+def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
+    """(K, C): sum over b, i of xs[b, stride * i + j] * g[b, i] for taps j < K.
+
+    xs (B, L, C) with rows of C contiguous, g (B, n, C). The (B, n, K, C) window products are
+    accumulated a chunk of rows at a time into a cache-resident buffer, never materialised."""
+    b, n, c = g.shape
+    if stride * (n - 1) + k > xs.shape[1] or xs.stride(1) != c or xs.stride(2) != 1:
+        raise ValueError("windows must lie inside xs, whose rows must be contiguous")
+    win = xs.as_strided((b, n, k, c), (xs.stride(0), stride * c, c, 1), xs.storage_offset())
+    rows = max(1, _TAP_CHUNK // (k * c))
+    acc = g.new_zeros(min(rows, n), k, c)
+    for bi in range(b):
+        for i in range(0, n, rows):
+            e = min(i + rows, n)
+            acc[: e - i].addcmul_(win[bi, i:e], g[bi, i:e, None])
+    return acc.sum(0)
+
+
+def _depthwise_weight_grad(x: Tensor, g: Tensor, k: int, stride: int, pad: int) -> Tensor:
+    """(C, K) weight gradient of a depthwise conv; x (B, T, C), g (B, T_out, C) contiguous.
+    Outputs whose windows lie inside x read it in place; only the few edge windows see a
+    zero-padded copy (of at most K rows)."""
+    t, n = x.shape[1], g.shape[1]
+    first, end = -(-pad // stride), (t + pad - k) // stride + 1  # outputs [first, end) inside x
+    if end <= first:  # short input: pad it all
+        return _tap_sums(F.pad(x, (0, 0, pad, pad)), g, k, stride).t()
+    grad_w = _tap_sums(x[:, stride * first - pad:], g[:, first:end], k, stride)
+    if first > 0:
+        left = F.pad(x[:, : stride * (first - 1) + k - pad], (0, 0, pad, 0))
+        grad_w += _tap_sums(left, g[:, :first], k, stride)
+    if end < n:
+        right = x[:, stride * end - pad:]
+        right = F.pad(right, (0, 0, 0, stride * (n - 1 - end) + k - right.shape[1]))
+        grad_w += _tap_sums(right, g[:, end:], k, stride)
+    return grad_w.t()
+
+
 class _Depthwise(torch.autograd.Function):
     """Depthwise conv with a hand-written backward: oneDNN's depthwise backward on CPU is ~40x
-    its forward. grad_input is a forward depthwise conv of the (zero-stuffed, if strided)
-    output gradient with the flipped kernel; grad_weight is K shifted products summed over
-    (B, T) on the time-major views."""
+    its forward. grad_input is a depthwise transposed conv of the output gradient (oneDNN's
+    deconvolution is as fast as the forward); grad_weight is K shifted products summed over
+    (B, T) on the time-major views (`_tap_sums`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
@@ -80,25 +120,17 @@ class _Depthwise(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         s, pad, k = ctx.stride, ctx.pad, weight.shape[-1]
-        b, c, t = x.shape
-        g_t = time_major(grad).transpose(1, 2)  # (B, T_out, C)
-        t_out = g_t.shape[1]
-        # output gradient zero-stuffed to input rate in a (B, T + 2 pad, C) buffer: g at s * i
-        g_up = g_t.new_zeros(b, t + 2 * pad, c)
-        g_up[:, : s * (t_out - 1) + 1: s] = g_t
+        g = time_major(grad)  # (B, C, T_out), (B, T_out, C) memory
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            full = _depthwise(g_up.transpose(1, 2), weight.flip(-1), None, 1, k - 1)
-            grad_x = full[..., pad: pad + t]
+            # output_padding: input samples past the last window (strided convs)
+            extra = (x.shape[-1] + 2 * pad - k) % s
+            grad_x = F.conv_transpose2d(g[:, :, None], weight[:, :, None], None, (1, s),
+                                        (0, pad), (0, extra), x.shape[1]).squeeze(2)
+        g_t = g.transpose(1, 2).contiguous()  # (B, T_out, C); a no-op unless g is a slice
         if ctx.needs_input_grad[1]:
-            # tap j: sum over rows r of x_pad[r + j] * g_up[r] on the flattened (B*(T+2pad), C)
-            # buffers; g_up is zero past each sample's outputs, so rows never mix samples
-            x_pad = F.pad(time_major(x).transpose(1, 2), (0, 0, pad, pad)).view(-1, c)
-            g_flat, rows = g_up.view(-1, c), x_pad.shape[0]
-            grad_w = weight.new_empty(c, k)
-            for tap in range(k):
-                torch.sum(x_pad[tap:] * g_flat[: rows - tap], 0, out=grad_w[:, tap])
-            grad_w = grad_w[:, None]
+            x_t = time_major(x).transpose(1, 2).contiguous()  # (B, T, C)
+            grad_w = _depthwise_weight_grad(x_t, g_t, k, s, pad)[:, None]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g_t.sum((0, 1))
         return grad_x, grad_w, grad_b, None, None
@@ -129,6 +161,57 @@ def _align(x: Tensor, length: int) -> Tensor:
     return x[:, :, None]
 
 
+def _moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1), and the
+    per-channel sums of q and q^2 over T ((B, C) each) they come from."""
+    sum_q, sum_sq = q.sum(1), q.square().sum(1)  # (T, C) rows: the sums vectorise over C
+    if w is None:
+        return sum_q.sum(1), sum_sq.sum(1), sum_q, sum_sq
+    return (sum_q * w).sum(1), (sum_sq * w.square()).sum(1), sum_q, sum_sq
+
+
+class _Moments(torch.autograd.Function):
+    """`_moments` with a one-pass backward, d/dq = g1 w + 2 g2 w^2 q: autograd's square-and-
+    sum backward makes three full-size temporaries. Used only when grad is enabled, so that
+    no-grad traces (the MAC counters') see plain aten ops."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
+        s1, s2, sum_q, sum_sq = _moments(q, w)
+        ctx.save_for_backward(q, w, sum_q, sum_sq)
+        return s1, s2
+
+    @staticmethod
+    def backward(ctx, g1: Tensor, g2: Tensor):
+        q, w, sum_q, sum_sq = ctx.saved_tensors
+        g1, g2 = g1[:, None], 2 * g2[:, None]  # (B, 1)
+        lin, quad = (g1, g2) if w is None else (g1 * w, g2 * w.square())  # (B, 1 or C)
+        grad_q = torch.addcmul(lin[:, None], q, quad[:, None]) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if w is not None and ctx.needs_input_grad[1]:
+            grad_w = (g1 * sum_q).sum(0) + w * (g2 * sum_sq).sum(0)
+        return grad_q, grad_w
+
+
+class _Modulate(torch.autograd.Function):
+    """addcmul(bias, q, coef) for q (B, T', r, C) and coef, bias (B, T', 1, C). autograd's
+    addcmul backward makes full-size `tensor * value` copies; this one only what it returns."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, coef: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(q, coef)
+        return torch.addcmul(bias, q, coef)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, coef = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_q = grad * coef if needs[0] else None
+        grad_coef = (grad * q).sum(2, keepdim=True) if needs[1] else None
+        grad_bias = grad.sum(2, keepdim=True) if needs[2] else None
+        return grad_q, grad_coef, grad_bias
+
+
 class Fusion(nn.Module):
     """Local-global fusion: gLN(conv(local)) * sigmoid(gLN(conv(glob))) + gLN(conv(glob)).
 
@@ -152,12 +235,12 @@ class Fusion(nn.Module):
             q, scale = time_major(local), conv.weight[:, 0, 0]
         else:
             q, scale = conv1d(conv, local), None
-        q_t = q.transpose(1, 2)  # (B, T, C) contiguous: sums over T vectorise over C
-        s1, s2 = q_t.sum(1), q_t.square().sum(1)  # (B, C)
-        if scale is not None:
-            s1, s2 = s1 * scale, s2 * scale.square()
-        mean = s1.sum(1) / (c * t)  # (B,)
-        rstd = (s2.sum(1) / (c * t) - mean.square()).clamp_min(0).add(GLN_EPS).rsqrt()
+        q_t = time_major(q).transpose(1, 2)  # (B, T, C) contiguous
+        grad = torch.is_grad_enabled()
+        # (B,): sums of scale * q and its square
+        s1, s2 = _Moments.apply(q_t, scale) if grad else _moments(q_t, scale)[:2]
+        mean = s1 / (c * t)
+        rstd = (s2 / (c * t) - mean.square()).clamp_min(0).add(GLN_EPS).rsqrt()
         a = norm.gamma * rstd[:, None]  # (B, C): gLN(q) = a q + shift
         shift = norm.beta - a * mean[:, None]
         if scale is not None:
@@ -165,8 +248,9 @@ class Fusion(nn.Module):
         gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, T', 1, C)
         coef = a[:, None, None] * gate
         bias = torch.addcmul(shift_g, shift[:, None, None], gate)
-        q = time_major(q).transpose(1, 2).view(b, gate.shape[1], -1, c)  # (B, T', r, C)
-        return torch.addcmul(bias, q, coef).view(b, t, c).transpose(1, 2)
+        q = q_t.view(b, gate.shape[1], -1, c)  # (B, T', r, C)
+        out = _Modulate.apply(q, coef, bias) if grad else torch.addcmul(bias, q, coef)
+        return out.view(b, t, c).transpose(1, 2)
 
 
 class ResidualSSM(nn.Module):

@@ -3,6 +3,7 @@ assertions: the machine is shared)."""
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -133,6 +134,15 @@ def test_a_failing_worker_names_the_model():
             "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
     with pytest.raises(RuntimeError, match="'broken' failed"):
         speed.run_in_subprocess(spec, timeout_s=300)
+
+
+def test_a_worker_past_its_timeout_is_stopped():
+    spec = {"model": "stuck", "factory": "subprocess:run", "kwargs": {"args": ["sleep", "20"]},
+            "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"'stuck' ran past speed.timeout_s=2 s"):
+        speed.run_in_subprocess(spec, timeout_s=2)
+    assert time.monotonic() - start < 15
 
 
 def test_goal_ratios():

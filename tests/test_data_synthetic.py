@@ -99,12 +99,19 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tiny, tmp_path):
         pd.testing.assert_frame_equal(a, b)
 
 
-def test_other_seed_gives_other_data_and_counts_are_checked(tmp_path):
+def test_other_seed_and_short_speech_and_settings_are_checked(tmp_path):
     out = tmp_path / "other"
-    build_synthetic_dataset(out, 2, 2, 2, 6, seed=6, workers=2, progress=False)
-    assert len(list((out / "Libri2Mix/wav8k/min/train-100/mix_clean").glob("*.wav"))) == 2
+    build_synthetic_dataset(out, 2, 2, 2, 6, seed=6, workers=2, progress=False,
+                            speech_seconds=(1.0, 2.0))
+    mixtures = sorted((out / "Libri2Mix/wav8k/min/train-100/mix_clean").glob("*.wav"))
+    assert len(mixtures) == 2
+    # min mode: a mixture is as long as its shorter utterance
+    assert all(1.0 <= sf.info(m).duration <= 2.0 for m in mixtures)
     with pytest.raises(ValueError, match="positive integers"):
         build_synthetic_dataset(tmp_path / "bad", 0, 2, 2, 6, progress=False)
+    with pytest.raises(ValueError, match="speech_seconds"):
+        build_synthetic_dataset(tmp_path / "bad", 2, 2, 2, 6, progress=False,
+                                speech_seconds=(0.5, 2.0))
 
 
 def test_coloured_noise_is_seeded_with_unit_rms():

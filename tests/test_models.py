@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.config import ConfigError
 from experiments.models import (
     MODEL_CARDS,
     MODEL_NAMES,
     build_model,
+    check_model_names,
     count_params_m,
     list_models,
     load_model,
@@ -172,3 +174,9 @@ def test_load_rejects_mismatched_or_foreign_files(tmp_path: Path) -> None:
         load_model(tmp_path / "text.pt")
     with pytest.raises(ValueError, match="absent.pt"):
         load_model(tmp_path / "absent.pt")
+
+
+def test_unknown_model_names_are_named_with_their_setting():
+    check_model_names(list_models(), "params.yaml: `models`")
+    with pytest.raises(ConfigError, match=r"params.yaml: `models` has unknown names \['nope'\]"):
+        check_model_names(["s4m", "nope"], "params.yaml: `models`")

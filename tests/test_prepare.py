@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _cfg(out_dir: Path, **data) -> dict:
     base = {"source": "synthetic", "out_dir": str(out_dir), "sample_rate": 8000, "mode": "min",
             "task": "sep_clean", "types": ["mix_clean"], "num_workers": 2,
-            "synthetic": {"n_train": 2, "n_dev": 2, "n_test": 2, "n_speakers": 6}}
+            "synthetic": {"n_train": 2, "n_dev": 2, "n_test": 2, "n_speakers": 6,
+                          "speech_seconds": [1.0, 2.0]}}
     return {"profile": "test", "seed": 0, "data": {**base, **data}}
 
 
@@ -68,6 +69,10 @@ def test_bad_settings_name_the_setting(tmp_path):
     cfg = _cfg(tmp_path)
     del cfg["data"]["synthetic"]["n_train"]
     with pytest.raises(ConfigError, match="data.synthetic.n_train"):
+        prepare(cfg, progress=False)
+    cfg = _cfg(tmp_path)
+    cfg["data"]["synthetic"]["speech_seconds"] = 2.0
+    with pytest.raises(ConfigError, match="data.synthetic.speech_seconds"):
         prepare(cfg, progress=False)
     with pytest.raises(FileNotFoundError, match="data.librispeech_root"):
         prepare(_cfg(tmp_path, source="librimix", librispeech_root=str(tmp_path / "none"),

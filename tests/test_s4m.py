@@ -135,3 +135,56 @@ def test_ssm_param_groups():
     default = ssm_param_groups(model, lr=2e-3)
     assert [g["lr"] for g in default] == [2e-3, 2e-3] and default[1]["weight_decay"] == 0.0
     torch.optim.AdamW(groups).step()  # accepted by a torch optimizer
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("length", [1, 2, 3, 6, 9, 16])
+def test_depthwise_backward_gradcheck(stride, length):
+    from s4m.blocks import _Depthwise
+    torch.manual_seed(0)
+    x = torch.randn(2, length, 3, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    w = torch.randn(3, 1, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _Depthwise.apply(x, w, b, stride, 2), (x, w, b))
+    ref = torch.nn.functional.conv1d(x, w, b, stride, 2, 1, 3)
+    assert torch.allclose(_Depthwise.apply(x, w, b, stride, 2), ref)
+
+
+def test_depthwise_weight_grad_chunks(monkeypatch):
+    from s4m import blocks
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 37, dtype=torch.float64)
+    w = torch.randn(3, 1, 5, dtype=torch.float64)
+    g = torch.randn(2, 3, 19, dtype=torch.float64)
+    ref = torch.ops.aten.convolution_backward(g, x, w, None, (2,), (2,), (1,), False, (0,), 3,
+                                              (True, True, False))
+    monkeypatch.setattr(blocks, "_TAP_CHUNK", 5 * 3 * 4)  # 4-row chunks, a partial last one
+    xt = blocks.time_major(x).requires_grad_()
+    wt = w.clone().requires_grad_()
+    blocks._Depthwise.apply(xt, wt, None, 2, 2).backward(g)
+    assert torch.allclose(xt.grad, ref[0]) and torch.allclose(wt.grad, ref[1])
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fusion_functions_gradcheck(scaled):
+    from s4m.blocks import _Modulate, _Moments
+    torch.manual_seed(0)
+    q = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
+    assert torch.autograd.gradcheck(lambda q, w: _Moments.apply(q, w), (q, w))
+    coef, bias = (torch.randn(2, 4, 1, 3, dtype=torch.float64, requires_grad=True)
+                  for _ in range(2))
+    assert torch.autograd.gradcheck(_Modulate.apply, (q.view(2, 4, 2, 3), coef, bias))
+
+
+@pytest.mark.parametrize("kernel", [1, 5])
+def test_fusion_same_with_and_without_grad(kernel):
+    from s4m.blocks import Fusion
+    torch.manual_seed(0)
+    fusion = Fusion(6, kernel).double()
+    local, glob = (torch.randn(2, 6, n, dtype=torch.float64) for n in (16, 4))
+    with torch.no_grad():
+        ref = fusion(local, glob)
+    assert torch.allclose(fusion(local, glob), ref)
+    local.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: fusion(x, glob), (local,))

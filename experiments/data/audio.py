@@ -16,6 +16,8 @@ import soundfile as sf
 from scipy.signal import firwin, resample_poly
 from tqdm import tqdm
 
+from experiments.atomic import atomic_path
+
 
 def check_audio(path: str | Path, sample_rate: int, channels: Sequence[int] = (1,)) -> int:
     """Frames of `path` after checking it exists and has the expected rate and channel count."""
@@ -44,36 +46,19 @@ def read_audio(
     return data[:, 0] if data.ndim > 1 else data
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.part")
-
 
 def write_audio(
     path: str | Path, data: np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> None:
     """Writes under a temporary name, then renames: an interrupted run leaves no truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    fmt = path.suffix.lstrip(".").upper()
-    sf.write(str(tmp), data, sample_rate, subtype=subtype, format=fmt)
-    os.replace(tmp, path)
+    fmt = Path(path).suffix.lstrip(".").upper()
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format=fmt)
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def resolve_workers(workers: int | None) -> int:

@@ -19,6 +19,7 @@ import pandas as pd
 import pyloudnorm as pyln
 import soundfile as sf
 
+from experiments.atomic import write_text
 from experiments.config import ConfigError
 from experiments.data.audio import (
     check_audio,
@@ -27,7 +28,6 @@ from experiments.data.audio import (
     resample,
     write_audio,
     write_csv,
-    write_text,
 )
 
 RATE = 16000  # LibriSpeech and WHAM! noise rate; gains apply at this rate
@@ -84,8 +84,10 @@ def read_speakers(librispeech_root: str | Path) -> dict[str, str]:
     return sexes
 
 
-def scan_librispeech(librispeech_root: str | Path, subset: str) -> pd.DataFrame:
-    """Utterances of at least 3 s in one subset, sorted by length (LibriMix's speech metadata)."""
+def scan_librispeech(librispeech_root: str | Path, subset: str,
+                     min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+    """Utterances of at least `min_seconds` (the recipe's 3 s) in one subset, sorted by length
+    (LibriMix's speech metadata)."""
     root = _require_dir(librispeech_root, "LibriSpeech root")
     subset_dir = _require_dir(root / subset, f"LibriSpeech subset {subset}")
     sexes = read_speakers(root)
@@ -99,15 +101,16 @@ def scan_librispeech(librispeech_root: str | Path, subset: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["speaker_ID", "sex", "subset", "length", "origin_path"])
     if df.empty:
         raise ValueError(f"{subset_dir}: no .flac utterances found")
-    kept = df[df["length"] >= MIN_SECONDS * RATE]
+    kept = df[df["length"] >= min_seconds * RATE]
     if len(kept) < len(df):
         print(f"{subset}: skipped {len(df) - len(kept)} of {len(df)} utterances shorter than "
-              f"{MIN_SECONDS} s")
+              f"{min_seconds} s")
     return kept.sort_values("length", kind="stable").reset_index(drop=True)
 
 
-def scan_wham_noise(wham_root: str | Path, noise_split: str) -> pd.DataFrame:
-    """Noise files of at least 3 s in one WHAM! split (tr/cv/tt), sorted by length."""
+def scan_wham_noise(wham_root: str | Path, noise_split: str,
+                    min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+    """Noise files of at least `min_seconds` in one WHAM! split (tr/cv/tt), sorted by length."""
     root = _require_dir(wham_root, "WHAM! noise root")
     split_dir = _require_dir(root / noise_split, f"WHAM! noise split {noise_split}")
     rows = []
@@ -118,10 +121,10 @@ def scan_wham_noise(wham_root: str | Path, noise_split: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["noise_ID", "subset", "length", "augmented", "origin_path"])
     if df.empty:
         raise ValueError(f"{split_dir}: no .wav noise files found")
-    kept = df[df["length"] >= MIN_SECONDS * RATE]
+    kept = df[df["length"] >= min_seconds * RATE]
     if len(kept) < len(df):
         print(f"{noise_split}: skipped {len(df) - len(kept)} of {len(df)} noise files shorter "
-              f"than {MIN_SECONDS} s")
+              f"than {min_seconds} s")
     return kept.sort_values("length", kind="stable").reset_index(drop=True)
 
 
@@ -253,14 +256,15 @@ def _gains_for(job: _GainJob) -> list[float]:
 def generate_metadata(
     librispeech_root: str | Path, wham_root: str | Path, split: str, n_mixtures: int | None,
     seed: int, workers: int | None = None, progress: bool = True,
+    min_seconds: float = MIN_SECONDS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """New `libri2mix_{subset}.csv` content (and its `_info` companion) for one split.
 
     n_mixtures None keeps the recipe's sizes (train: all pairs rounded down to 100; dev/test: 3000).
     """
     subset = SUBSETS[split]
-    speech = scan_librispeech(librispeech_root, subset)
-    noise = scan_wham_noise(wham_root, NOISE_SPLITS[split])
+    speech = scan_librispeech(librispeech_root, subset, min_seconds)
+    noise = scan_wham_noise(wham_root, NOISE_SPLITS[split], min_seconds)
     rng = random.Random(f"libri2mix:{seed}:{subset}")
     pairs, noise_rows = _make_pairs(speech, noise, n_mixtures, split.startswith("train"), rng)
     # Targets are drawn in mixture order before the parallel part, so results do not depend on it.
@@ -421,12 +425,14 @@ def build_librimix(
     mode: str = "min", types: Sequence[str] = ("mix_clean", "mix_both"),
     metadata_dir: str | Path | None = None, n_mixtures: dict[str, int | None] | None = None,
     seed: int = 0, workers: int | None = None, progress: bool = True,
+    min_seconds: float = MIN_SECONDS,
 ) -> Path:
     """Libri2Mix under `<out_dir>/Libri2Mix`; returns its `wav<k>/<mode>` folder.
 
     With `metadata_dir`, the official `libri2mix_{subset}.csv` files drive the mixing; without,
-    metadata is generated (seeded) into `<out_dir>/metadata` and reused by a re-run with the same
-    settings. Finished wavs are skipped on a re-run.
+    metadata is generated (seeded) into `<out_dir>/metadata` from utterances and noises of at
+    least `min_seconds`, and reused by a re-run with the same settings. Finished wavs are
+    skipped on a re-run.
     """
     ls_root = _require_dir(librispeech_root, "LibriSpeech root (data.librispeech_root)")
     nz_root = _require_dir(wham_root, "WHAM! noise root (data.wham_noise_root)")
@@ -438,7 +444,8 @@ def build_librimix(
     if metadata_dir is None:
         md_dir = Path(out_dir) / "metadata"
         settings = {"librispeech_root": str(ls_root.resolve()), "wham_root": str(nz_root.resolve()),
-                    "seed": seed, "n_mixtures": {s: n_mixtures.get(s) for s in splits}}
+                    "seed": seed, "n_mixtures": {s: n_mixtures.get(s) for s in splits},
+                    "min_seconds": min_seconds}
         check_settings(md_dir / "generation.json", settings, out_dir)
     else:
         md_dir = _require_dir(metadata_dir, "LibriMix metadata folder (data.metadata_dir)")
@@ -446,7 +453,7 @@ def build_librimix(
         md_path = md_dir / f"libri2mix_{SUBSETS[split]}.csv"
         if metadata_dir is None and not md_path.is_file():
             md, info = generate_metadata(ls_root, nz_root, split, n_mixtures.get(split), seed,
-                                         workers, progress)
+                                         workers, progress, min_seconds)
             write_csv(md_dir / f"libri2mix_{SUBSETS[split]}_info.csv", info)
             write_csv(md_path, md)
         md = read_metadata(md_path)

@@ -20,7 +20,8 @@ import soundfile as sf
 from scipy.fft import next_fast_len
 
 from experiments.data import librimix
-from experiments.data.audio import parallel_map, resample, write_audio, write_text
+from experiments.atomic import write_text
+from experiments.data.audio import parallel_map, resample, write_audio
 
 ESPEAK_RATE = 22050
 RATE = librimix.RATE
@@ -169,6 +170,7 @@ class _SpeakerJob:
     n_utterances: int
     out_dir: str  # <LibriSpeech>/<subset>/<speaker>/<chapter>
     seed: int
+    seconds: tuple[float, float] = SPEECH_SECONDS
 
 
 def _synthesize_speaker(job: _SpeakerJob) -> None:
@@ -177,7 +179,8 @@ def _synthesize_speaker(job: _SpeakerJob) -> None:
     for k in range(job.n_utterances):
         path = Path(job.out_dir) / f"{spk}-{chapter}-{k:04d}.flac"
         # Synthesised even when the file exists: later utterances depend on the engine's state.
-        audio = _sentence(engine, job.speaker, np.random.default_rng([job.seed, spk, k]))
+        audio = _sentence(engine, job.speaker, np.random.default_rng([job.seed, spk, k]),
+                          job.seconds)
         if not path.is_file():
             write_audio(path, audio, RATE)
 
@@ -277,6 +280,7 @@ def _make_noise(job: _NoiseJob) -> None:
 def write_corpora(
     corpora_dir: str | Path, n_mixtures: dict[str, int], speakers: dict[str, list[Speaker]],
     seed: int, workers: int | None = None, progress: bool = True,
+    speech_seconds: tuple[float, float] = SPEECH_SECONDS,
 ) -> tuple[Path, Path]:
     """LibriSpeech-shaped and WHAM!-shaped trees under `corpora_dir`; returns their roots.
 
@@ -293,8 +297,9 @@ def write_corpora(
         per_speaker = math.ceil((2 * n_mix * 1.05 + 4) / len(spk))
         for s in spk:
             chapter_dir = ls_root / subset / str(s.speaker_id) / str(100 + s.speaker_id % 100)
-            speaker_jobs.append(_SpeakerJob(s, per_speaker, str(chapter_dir), seed))
-            minutes = per_speaker * sum(SPEECH_SECONDS) / 2 / 60
+            speaker_jobs.append(_SpeakerJob(s, per_speaker, str(chapter_dir), seed,
+                                            speech_seconds))
+            minutes = per_speaker * sum(speech_seconds) / 2 / 60
             lines.append(f"{s.speaker_id:<5}| {s.sex} | {subset:<17}| {minutes:5.2f} | "
                          f"espeak-ng {s.voice} pitch {s.pitch} rate {s.rate}")
         babble_dir = corpora / "babble" / noise_split
@@ -319,30 +324,40 @@ def build_synthetic_dataset(
     sample_rate: int = 8000, mode: str = "min", seed: int = 0,
     types: tuple[str, ...] = ("mix_clean", "mix_both"), workers: int | None = None,
     keep_corpora: bool = False, progress: bool = True,
+    speech_seconds: tuple[float, float] = SPEECH_SECONDS,
 ) -> Path:
     """Synthetic Libri2Mix in the published layout under `<out_dir>/Libri2Mix`.
 
-    Returns the `wav<k>/<mode>` folder; splits are train-100, dev and test. The intermediate
-    corpora go to `<out_dir>/corpora` and are deleted at the end unless `keep_corpora`. The same
-    arguments give byte-identical wavs whatever the number of workers.
+    Returns the `wav<k>/<mode>` folder; splits are train-100, dev and test. Utterances last
+    `speech_seconds` (a range; LibriSpeech's kept ones are 3 s and longer, shorter ones make a
+    faster dataset). The intermediate corpora go to `<out_dir>/corpora` and are deleted at the
+    end unless `keep_corpora`. The same arguments give byte-identical wavs whatever the number
+    of workers.
     """
     n_mixtures = {"train-100": n_train, "dev": n_dev, "test": n_test}
     bad = {k: v for k, v in n_mixtures.items() if not isinstance(v, int) or v < 1}
     if bad:
         raise ValueError(f"synthetic mixture counts must be positive integers, got {bad}")
+    lo, hi = (float(v) for v in speech_seconds)
+    if not 1.0 <= lo <= hi - 0.5:
+        raise ValueError(f"synthetic speech_seconds must be [lo, hi] with 1 <= lo and "
+                         f"lo + 0.5 <= hi (room for whole words), got {list(speech_seconds)}")
     out = Path(out_dir)
     target = librimix.mode_dir(out, sample_rate, mode)
     speakers = make_speakers(n_speakers, seed)
     librimix.check_settings(out / "synthetic.json", {"seed": seed, "n_speakers": n_speakers,
-                                                     "n_mixtures": n_mixtures}, out)
+                                                     "n_mixtures": n_mixtures,
+                                                     "speech_seconds": [lo, hi]}, out)
     corpora = out / "corpora"
     done = all((librimix.csv_dir(out, sample_rate, mode, s) / f"mixture_{s}_{t}.csv").is_file()
                for s in SPLITS for t in types)
     if done and not corpora.exists():  # finished earlier, corpora already removed
         return target
-    ls_root, nz_root = write_corpora(corpora, n_mixtures, speakers, seed, workers, progress)
+    ls_root, nz_root = write_corpora(corpora, n_mixtures, speakers, seed, workers, progress,
+                                     (lo, hi))
     librimix.build_librimix(ls_root, nz_root, out, tuple(SPLITS), sample_rate, mode, types,
-                            n_mixtures=n_mixtures, seed=seed, workers=workers, progress=progress)
+                            n_mixtures=n_mixtures, seed=seed, workers=workers, progress=progress,
+                            min_seconds=lo)
     if not keep_corpora:
         shutil.rmtree(corpora)
     return target

@@ -20,7 +20,8 @@ import pyloudnorm as pyln
 import soundfile as sf
 
 from experiments.config import ConfigError
-from experiments.data.audio import check_audio, parallel_map, resample, write_audio, write_text
+from experiments.atomic import write_text
+from experiments.data.audio import check_audio, parallel_map, resample, write_audio
 
 NOISE_RATE = 16000
 MAX_SAMPLE_AMP = 0.9
