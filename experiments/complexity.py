@@ -4,7 +4,8 @@ Each model is counted four times on `complexity.seconds` of noise at the profile
 fvcore and ptflops (aten backend) with our handles (FFT, RNN, attention and SSM arithmetic
 counted, one cost model: see `experiments.counting`) and with each tool's defaults (the naive
 count). Writes reports/complexity.csv and reports/complexity.json, with the published params and
-MACs from experiments/published.yaml beside the measured ones.
+MACs from experiments/published.yaml beside the measured ones. `threads` models are counted at a
+time, each in a forked process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import multiprocessing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -127,13 +129,25 @@ def _details(count: MacCount) -> dict[str, Any]:
 def complexity_table(
     names: Iterable[str], build: Callable[[str], nn.Module], seconds: float, sample_rate: int,
     published: dict[str, Any], seed: int = 0,
-    ssm_scope: Callable[[nn.Module], bool] = is_ssm_module,
+    ssm_scope: Callable[[nn.Module], bool] = is_ssm_module, workers: int = 1,
 ) -> dict[str, Any]:
-    """Rows (COLUMNS), per-model details and the S4M-tiny / Sepformer summary."""
+    """Rows (COLUMNS), per-model details and the S4M-tiny / Sepformer summary. With workers > 1
+    the models are counted that many at a time in forked processes of one torch thread each
+    (counting is mostly Python-bound tracing; the counts do not depend on threads)."""
+    names = list(names)
+    job = (names, build, seconds, sample_rate, seed, ssm_scope)
+    if workers > 1 and len(names) > 1:
+        global _JOB
+        _JOB = job  # forked workers inherit it: builders need not be picklable
+        try:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(names))) as pool:
+                measured = pool.map(_measure_job, range(len(names)), chunksize=1)
+        finally:
+            _JOB = None
+    else:
+        measured = [_measure_one(job, i) for i in range(len(names))]
     rows, details = [], {}
-    for name in names:
-        print(f"[complexity] counting {name} on {seconds:g} s ...", flush=True)
-        row, details[name] = measure(name, build(name), seconds, sample_rate, seed, ssm_scope)
+    for name, (row, details[name]) in zip(names, measured, strict=True):
         params = _figure(published, name, "params_m")
         macs = _figure(published, name, "macs_g_per_s")
         row.update(
@@ -149,6 +163,22 @@ def complexity_table(
                 100 * row["macs_g_per_s_fvcore"] / reference["macs_g_per_s_fvcore"])
     rows = [{col: row.get(col) for col in COLUMNS} for row in rows]
     return {"rows": rows, "details": details, "summary": _summary(by_name, published)}
+
+
+_JOB: tuple | None = None
+
+
+def _measure_job(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    torch.set_num_threads(1)
+    assert _JOB is not None
+    return _measure_one(_JOB, index)
+
+
+def _measure_one(job: tuple, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    names, build, seconds, sample_rate, seed, ssm_scope = job
+    name = names[index]
+    print(f"[complexity] counting {name} on {seconds:g} s ...", flush=True)
+    return measure(name, build(name), seconds, sample_rate, seed, ssm_scope)
 
 
 def _summary(by_name: dict[str, dict[str, Any]], published: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
     payload = complexity_table(
         names, lambda name: build_model(name, sample_rate=sample_rate), seconds, sample_rate,
-        published, seed,
+        published, seed, workers=threads,
     )
     payload = {"environment": environment(cfg["profile"], threads),
                "settings": {"seconds": seconds, "sample_rate": sample_rate, "seed": seed},

@@ -21,6 +21,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -386,7 +387,9 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST.removesuffix(".ckpt"),
                                 monitor="val_loss", mode="min", save_top_k=1, save_last=True,
                                 auto_insert_metric_name=False, enable_version_counter=False)
-    stopper = EarlyStopping(monitor="val_loss", mode="min",
+    # checked after each validation only: a run that stops mid-epoch (max_steps) has no
+    # val_loss at the end of that epoch
+    stopper = EarlyStopping(monitor="val_loss", mode="min", check_on_train_epoch_end=False,
                             patience=train_cfg["early_stop_patience"])
     interval = train_cfg["val_check_interval"]
     max_time = train_cfg["max_time_s"]
@@ -443,14 +446,17 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     return metrics
 
 
-# Budget settings may change between a run and its resumption (e.g. a longer max_time_s).
+# Budget settings may grow between a run and its resumption (e.g. a longer max_time_s).
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time_s", "progress_bar")
+LIMITS = ("max_steps", "max_epochs", "max_time_s")  # None or -1: no limit
 
 
 def _same_run(last: Path, run_config: dict[str, Any]) -> bool:
-    """Whether `last` belongs to this run (same model, seed, data and training settings up to
-    the budget). A checkpoint of another run is moved aside, so that a changed setting (a
-    `dvc exp run -S ...`) trains afresh instead of failing or resuming the wrong run."""
+    """Whether `last` belongs to this run: same model, seed, data and training settings, and
+    a budget no smaller than the one it was trained under. Otherwise it is moved aside and
+    training starts afresh: a changed setting (a `dvc exp run -S ...`) must not fail or
+    resume the wrong run, and a lowered budget must not keep a model trained for longer than
+    the settings say."""
     saved = torch.load(last, map_location="cpu", weights_only=True).get("training_config", {})
 
     def key(config: dict[str, Any]) -> dict[str, Any]:
@@ -458,14 +464,21 @@ def _same_run(last: Path, run_config: dict[str, Any]) -> bool:
         return {k: config.get(k) for k in ("model", "model_overrides", "seed", "data")} | {
             "train": train}
 
-    if key(saved) == key(run_config):
+    def limit(value: Any) -> float:
+        return math.inf if value in (None, -1) else float(value)
+
+    old, new = saved.get("train", {}), run_config["train"]
+    lowered = [f"train.{k} {old.get(k)} -> {new[k]}" for k in LIMITS
+               if limit(new[k]) < limit(old.get(k))]
+    if key(saved) == key(run_config) and not lowered:
         return True
     stale = last.parent.with_name(last.parent.name + ".stale")
     if stale.exists():
         shutil.rmtree(stale)
     os.replace(last.parent, stale)
-    print(f"train: {last} is a checkpoint of other settings; moved to {stale}, starting afresh",
-          file=sys.stderr)
+    why = f"was trained with a larger budget ({', '.join(lowered)})" if lowered else (
+        "is a checkpoint of other settings")
+    print(f"train: {last} {why}; moved to {stale}, starting afresh", file=sys.stderr)
     return False
 
 

@@ -84,6 +84,17 @@ def test_complexity_table_and_reports(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["complexity.csv", "complexity.json"]
 
 
+def test_counting_in_forked_workers_gives_the_same_table():
+    models = {"s4m_tiny": TinySSMSeparator, "convtasnet": lambda: ConvTasNet(**TINY_CTN),
+              "sepformer": lambda: ConvTasNet(**TINY_CTN)}
+    published = complexity.load_published()
+    serial, forked = (complexity.complexity_table(
+        models, lambda name: models[name](), seconds=0.05, sample_rate=8000,
+        published=published, workers=workers) for workers in (1, 2))
+    assert [row["model"] for row in forked["rows"]] == list(models)
+    assert forked["rows"] == serial["rows"] and forked["details"] == serial["details"]
+
+
 def test_complexity_cli_on_the_registry(tmp_path):
     params = yaml.safe_load(open("params.yaml"))
     params["complexity"] = {"seconds": 0.05}

@@ -61,6 +61,8 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_smoke_profile_repro_writes_every_report(smoke_repo: Path) -> None:
     run = _dvc(smoke_repo, "repro")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    # every stage came from the preload server (experiments.launch), none fell back
+    assert "launcher:" not in run.stdout + run.stderr, run.stderr[-4000:]
     reports = smoke_repo / "reports"
     for rel in REPORT_FILES:
         path = reports / rel

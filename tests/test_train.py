@@ -106,6 +106,12 @@ def test_outputs_model_metrics_and_curves(prepared: Path, tmp_path: Path) -> Non
     assert "loss" in live["val"] and (tmp_path / "dvclive/plots/metrics/val/loss.tsv").is_file()
     again = train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, TINY_CONVTASNET)
     assert again["resumed"] and again["steps"] == 3  # a finished run does no more steps
+    lowered = train(_cfg(prepared, max_epochs=1, max_steps=2), "convtasnet", tmp_path,
+                    TINY_CONVTASNET)
+    assert not lowered["resumed"] and lowered["steps"] == 2  # a smaller budget trains afresh
+    raised = train(_cfg(prepared, max_epochs=2, max_steps=4), "convtasnet", tmp_path,
+                   TINY_CONVTASNET)
+    assert raised["resumed"] and raised["steps"] > 2  # a larger one goes on
     other = train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, {"n_filters": 8})
     assert not other["resumed"] and other["steps"] == 3  # other settings train afresh
     assert (tmp_path / "checkpoints.stale" / "last.ckpt").is_file()
