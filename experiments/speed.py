@@ -22,7 +22,8 @@ import resource
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -239,21 +240,37 @@ def _worker(spec: dict[str, Any], conn: Any) -> None:
 # ---- the stage ---------------------------------------------------------------------------------
 
 
-def _forkserver(threads: int) -> Any:
-    """The forkserver context; its server starts (once) with the thread settings in its
-    environment and the registry's libraries imported."""
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+def _forkserver() -> Any:
+    """The forkserver context; its server starts (once) with the registry's libraries imported."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
     return ctx
 
 
+@contextmanager
+def _thread_variables(threads: int) -> Iterator[None]:
+    """OMP/MKL thread counts in the environment while a worker (and, the first time, the
+    forkserver, whose OpenMP runtime reads them once) starts; this process's are restored."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, str(threads)))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """`run_worker(spec)` in a process of its own; a failure raises naming the model."""
-    ctx = _forkserver(spec["settings"]["threads"])
+    ctx = _forkserver()
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker, args=(spec, send), daemon=True)
-    proc.start()
+    with _thread_variables(spec["settings"]["threads"]):
+        proc.start()
     send.close()
     try:
         if not receive.poll(timeout_s):

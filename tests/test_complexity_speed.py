@@ -3,6 +3,7 @@ assertions: the machine is shared)."""
 
 import csv
 import json
+import os
 import time
 
 import pytest
@@ -129,10 +130,14 @@ def test_benchmark_model_in_process():
     assert result["peak_mem_mb"] >= 0 and result["infer_peak_mem_mb"] >= 0
 
 
-def test_speed_table_runs_each_model_in_a_subprocess(tmp_path):
+def test_speed_table_runs_each_model_in_a_subprocess(tmp_path, monkeypatch):
     spec = {"model": "tiny_convtasnet", "factory": "asteroid.models:ConvTasNet",
             "kwargs": TINY_CTN, "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     payload = speed.speed_table([spec], timeout_s=300, published=complexity.load_published())
+    # the workers' thread variables do not leak into this process
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
     (row,) = payload["rows"]
     assert row["model"] == "tiny_convtasnet" and row["threads"] == 1
     assert row["mem_method"] in ("hwm_reset", "ru_maxrss")
