@@ -13,14 +13,20 @@ import torch
 PACKAGES = ("torch", "asteroid", "speechbrain", "pytorch-lightning", "fvcore", "ptflops", "dvc")
 
 
+# What `dvc repro` itself rewrites: a run from a clean checkout is not "dirty" because of them.
+PIPELINE_OUTPUTS = ("dvc.lock", "reports")
+
+
 def git_commit() -> str:
-    """HEAD's short hash, with `+dirty` when tracked files differ from it; `unknown` outside git."""
+    """HEAD's short hash, with `+dirty` when tracked files other than the pipeline's outputs
+    differ from it; `unknown` outside git."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             *(f":(exclude){path}" for path in PIPELINE_OUTPUTS)],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
