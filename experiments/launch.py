@@ -60,6 +60,9 @@ KEY_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "PYTHON", "LD_
 IDLE_S = 120.0
 START_TIMEOUT_S = 180.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The stage takes the client's dispositions of these (e.g. SIGINT ignored in a background job),
+# not the server's, as a fresh interpreter started by the client would.
+INHERITED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGQUIT)
 
 
 class LauncherUnavailable(RuntimeError):
@@ -219,31 +222,44 @@ def _start_server(path: Path, preload: Sequence[str], idle_s: float) -> socket.s
 
 
 def _request(sock: socket.socket, module: str, args: Sequence[str]) -> int | None:
-    """Exit status of the stage; None when the server closed before starting it."""
+    """Exit status of the stage; None when the server closed before starting it. Signals
+    that arrive before the stage's pid is known are held and forwarded once it is."""
+    ignored = [int(sig) for sig in INHERITED_SIGNALS if signal.getsignal(sig) == signal.SIG_IGN]
     payload = json.dumps({"module": module, "args": list(args), "cwd": os.getcwd(),
-                          "env": dict(os.environ)}).encode()
+                          "env": dict(os.environ), "ignored_signals": ignored}).encode()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    replies = sock.makefile("r")
-    try:
-        socket.send_fds(sock, [struct.pack("!Q", len(payload)) + payload], [0, 1, 2])
-        started = replies.readline()
-    except OSError:
-        return None
-    if not started:
-        return None
-    group = json.loads(started)["pid"]
+    group: int | None = None
+    held: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if group is None:
+            held.append(signum)
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS
+                if signal.getsignal(sig) != signal.SIG_IGN}
+    replies = sock.makefile("r")
     try:
+        try:
+            socket.send_fds(sock, [struct.pack("!Q", len(payload)) + payload], [0, 1, 2])
+            started = replies.readline()
+        except OSError:
+            started = ""
+        if not started:
+            return None
+        group = json.loads(started)["pid"]
+        for signum in held:
+            forward(signum, None)
         finished = replies.readline()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if group is None:
+            for signum in held:  # the stage never started: this process takes them
+                signal.raise_signal(signum)
     if not finished:
         raise RuntimeError(f"launcher: {module} (pid {group}) lost its monitor; exit unknown")
     code = json.loads(finished)["exit"]
@@ -375,6 +391,12 @@ def _run_stage(request: dict, fds: list[int]) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
+        for sig in INHERITED_SIGNALS:
+            if int(sig) in request["ignored_signals"]:
+                signal.signal(sig, signal.SIG_IGN)
+            else:
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                              else signal.SIG_DFL)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)

@@ -20,11 +20,12 @@ from experiments.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, signal, sys, time
     if __name__ == "__main__":
         print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
                           "probe": os.environ.get("PROBE"), "sid": os.getsid(0),
                           "pgid": os.getpgid(0), "pid": os.getpid(),
+                          "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
                           "stdin": sys.stdin.read() if "--stdin" in sys.argv else None}),
               flush=True)
         print("probe stderr", file=sys.stderr, flush=True)
@@ -39,19 +40,24 @@ PROBE = textwrap.dedent("""
 
 
 def _client(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-            stdin: str = "", idle_s: float = 5.0, background: bool = False):
-    """`run_preloaded('probe', args)` in a fresh client process; the probe module lives in
-    tmp_path, so each test gets a server of its own (sys.path is in the server key)."""
+            stdin: str = "", idle_s: float = 5.0, background: bool = False,
+            sigint: signal.Handlers = signal.SIG_DFL):
+    """`run_preloaded('probe', args)` in a fresh client process, whose SIGINT disposition is
+    `sigint` whatever this process's is (a background job ignores it); the probe module lives
+    in tmp_path, so each test gets a server of its own (sys.path is in the server key)."""
     (tmp_path / "probe.py").write_text(PROBE)
     code = ("import sys; from experiments.launch import run_preloaded; "
             f"sys.exit(run_preloaded('probe', sys.argv[1:], preload=('yaml',), idle_s={idle_s}))")
     full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}", **(env or {})}
     command = [sys.executable, "-c", code, *args]
+    def set_sigint() -> None:
+        signal.signal(signal.SIGINT, sigint)
+
     if background:
         return subprocess.Popen(command, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=set_sigint)
     return subprocess.run(command, cwd=tmp_path, env=full_env, input=stdin, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, preexec_fn=set_sigint)
 
 
 def test_stage_gets_argv_cwd_env_stdio_and_its_exit_status(tmp_path):
@@ -69,6 +75,9 @@ def test_stage_gets_argv_cwd_env_stdio_and_its_exit_status(tmp_path):
     again = json.loads(second.stdout)
     assert again["probe"] == "b" and again["pid"] != seen["pid"]
     assert again["sid"] == seen["sid"], "the second stage should come from the same server"
+    assert not seen["sigint_ignored"]
+    ignoring = json.loads(_client(tmp_path, "0", sigint=signal.SIG_IGN).stdout)
+    assert ignoring["sigint_ignored"], "a client that ignores SIGINT gets a stage that does too"
 
 
 def test_a_variable_read_at_library_load_selects_another_server(tmp_path):
