@@ -98,7 +98,7 @@ def _gone(pid: int, within_s: float) -> bool:
     while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
             return True
         if state in ("Z", "X"):
             return True
