@@ -130,9 +130,9 @@ def test_a_killed_client_takes_its_stage_with_it(tmp_path):
 
 
 def test_idle_server_exits_and_a_new_one_starts(tmp_path):
-    first = json.loads(_client(tmp_path, "0", idle_s=0.5).stdout)
-    assert _gone(first["sid"], 10), "the idle server should exit"  # its pid is its session id
-    second = json.loads(_client(tmp_path, "0", idle_s=0.5).stdout)
+    first = json.loads(_client(tmp_path, "0", idle_s=2).stdout)
+    assert _gone(first["sid"], 15), "the idle server should exit"  # its pid is its session id
+    second = json.loads(_client(tmp_path, "0", idle_s=2).stdout)
     assert second["sid"] != first["sid"]
 
 
