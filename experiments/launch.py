@@ -169,9 +169,12 @@ def server_key(preload: Sequence[str]) -> str:
         h.update(part.encode() + b"\0")
     for source in (Path(__file__), package / "__init__.py"):
         h.update(source.read_bytes())
-    for entry in sys.path:
-        with contextlib.suppress(OSError):
-            h.update(f"{entry}:{os.stat(entry or '.').st_mtime_ns}\0".encode())
+    for entry in sys.path:  # installed packages: a pip install changes a folder's mtime
+        h.update(entry.encode() + b"\0")
+        folder = Path(entry or ".").resolve()
+        if folder != package.parent:  # the project's own code is imported after the fork
+            with contextlib.suppress(OSError):
+                h.update(f"{folder.stat().st_mtime_ns}\0".encode())
     for name in sorted(os.environ):
         if name.startswith(KEY_ENV_PREFIXES):
             h.update(f"{name}={os.environ[name]}\0".encode())
@@ -280,6 +283,7 @@ def serve(path: Path, idle_s: float, preload: Sequence[str]) -> None:
     listener.bind(str(staging))
     listener.listen(64)
     os.replace(staging, path)  # clients see the socket only once it accepts
+    bound = path.stat().st_ino
     listener.settimeout(0.5)
     monitors: set[int] = set()
     last_active = time.monotonic()
@@ -295,8 +299,12 @@ def serve(path: Path, idle_s: float, preload: Sequence[str]) -> None:
             if conn is not None or monitors:
                 last_active = time.monotonic()
     finally:
-        if _socket_is(path, listener):
-            path.unlink()
+        with contextlib.suppress(OSError):
+            if path.stat().st_ino == bound:  # not yet replaced by a newer server's
+                path.unlink()
+        with contextlib.suppress(OSError):
+            if path.with_suffix(".log").stat().st_size == 0:
+                path.with_suffix(".log").unlink()
         listener.settimeout(0)
         while True:  # requests that connected before the unlink still get their stage
             try:
@@ -304,12 +312,6 @@ def serve(path: Path, idle_s: float, preload: Sequence[str]) -> None:
             except (BlockingIOError, TimeoutError):
                 break
             _serve_one(conn, listener)
-
-
-def _socket_is(path: Path, listener: socket.socket) -> bool:
-    with contextlib.suppress(OSError):
-        return os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino
-    return False
 
 
 def _reaped(pids: set[int]) -> set[int]:
@@ -355,29 +357,48 @@ def _monitor(conn: socket.socket) -> int:
     if stage == 0:
         conn.close()
         _run_stage(request, fds)  # never returns
+    os.setpgid(stage, stage)  # here too (as shells do): the group exists before anyone signals it
     for fd in fds:
         os.close(fd)
-    conn.sendall(json.dumps({"pid": stage}).encode() + b"\n")
+    client_alive = _send(conn, {"pid": stage})
     try:  # readable when the stage exits (Linux 5.3+); otherwise poll
-        watched = [conn, os.pidfd_open(stage)]
+        exited: int | None = os.pidfd_open(stage)
     except (AttributeError, OSError):
-        watched = [conn]
+        exited = None
     kill_at = None  # once the client is gone: SIGTERM to the stage's group, later SIGKILL
     while True:
-        wait = None if len(watched) == 2 and kill_at is None else 0.2
-        readable, _, _ = select.select(watched, [], [], wait)
-        if conn in readable and not conn.recv(1):
-            watched.remove(conn)
+        if not client_alive and kill_at is None:
             _signal_group(stage, signal.SIGTERM)
             kill_at = time.monotonic() + 5.0
+        watched = [f for f in (conn if client_alive else None, exited) if f is not None]
+        wait = None if client_alive and exited is not None else 0.2
+        readable, _, _ = select.select(watched, [], [], wait)
+        if client_alive and conn in readable and _closed(conn):
+            client_alive = False
         done, status = os.waitpid(stage, os.WNOHANG)
         if done:
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode()
-                             + b"\n")
+            if client_alive:
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
             return 0
         if kill_at is not None and time.monotonic() > kill_at:
             _signal_group(stage, signal.SIGKILL)
+
+
+def _send(conn: socket.socket, message: dict) -> bool:
+    """False when the client is gone (it was killed, perhaps before reading anything)."""
+    try:
+        conn.sendall(json.dumps(message).encode() + b"\n")
+    except OSError:
+        return False
+    return True
+
+
+def _closed(conn: socket.socket) -> bool:
+    """The client went away (a reset: it died before reading what it was sent)."""
+    try:
+        return not conn.recv(1)
+    except OSError:
+        return True
 
 
 def _signal_group(pgid: int, signum: int) -> None:

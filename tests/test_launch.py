@@ -22,19 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
     import json, os, signal, sys, time
     if __name__ == "__main__":
-        print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
-                          "probe": os.environ.get("PROBE"), "sid": os.getsid(0),
-                          "pgid": os.getpgid(0), "pid": os.getpid(),
-                          "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
-                          "stdin": sys.stdin.read() if "--stdin" in sys.argv else None}),
-              flush=True)
-        print("probe stderr", file=sys.stderr, flush=True)
-        if "--sleep" in sys.argv:
-            try:
+        try:  # a signal may come as soon as the first line is out
+            print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
+                              "probe": os.environ.get("PROBE"), "sid": os.getsid(0),
+                              "pgid": os.getpgid(0), "pid": os.getpid(),
+                              "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                              "stdin": sys.stdin.read() if "--stdin" in sys.argv else None}),
+                  flush=True)
+            print("probe stderr", file=sys.stderr, flush=True)
+            if "--sleep" in sys.argv:
                 time.sleep(60)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
-                sys.exit(5)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(5)
         sys.exit(int(sys.argv[1]))
 """)
 
@@ -84,6 +84,13 @@ def test_a_variable_read_at_library_load_selects_another_server(tmp_path):
     one = json.loads(_client(tmp_path, "0", env={"OMP_NUM_THREADS": "1"}).stdout)
     two = json.loads(_client(tmp_path, "0", env={"OMP_NUM_THREADS": "2"}).stdout)
     assert one["sid"] != two["sid"]
+    # files appearing in the project (dvc.lock, reports) keep the server: they are not packages
+    (REPO / f".launch-test-{os.getpid()}").touch()
+    try:
+        again = json.loads(_client(tmp_path, "0", env={"OMP_NUM_THREADS": "2"}).stdout)
+    finally:
+        (REPO / f".launch-test-{os.getpid()}").unlink()
+    assert again["sid"] == two["sid"]
 
 
 def _wait_for_line(stream) -> dict:
@@ -129,9 +136,40 @@ def test_a_killed_client_takes_its_stage_with_it(tmp_path):
     assert _gone(stage["pid"], 10), "the monitor should end the stage of a vanished client"
 
 
+def test_a_client_killed_before_reading_the_pid_takes_its_stage_with_it(tmp_path):
+    (tmp_path / "sleeper.py").write_text("import os, time\nprint(os.getpid(), flush=True)\n"
+                                         "time.sleep(60)\n")
+    # a raw client: sends its request, then dies without reading the monitor's reply
+    code = textwrap.dedent("""
+        import json, os, signal, socket, struct
+        from experiments import launch
+        folder, key = launch._socket_folder(), launch.server_key(("yaml",))
+        path = folder / (key + ".sock")
+        with launch._locked(folder / (key + ".lock")):
+            sock = launch._connect(path) or launch._start_server(path, ("yaml",), 5.0)
+        payload = json.dumps({"module": "sleeper", "args": [], "cwd": os.getcwd(),
+                              "env": dict(os.environ), "ignored_signals": []}).encode()
+        stage_out, stage_stdout = os.pipe()
+        socket.send_fds(sock, [struct.pack("!Q", len(payload)) + payload],
+                        [0, stage_stdout, 2])
+        print(os.read(stage_out, 100).decode().strip(), flush=True)  # the stage is running
+        os.kill(os.getpid(), signal.SIGKILL)  # its pid is unread in the socket
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    client = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    stage = int(client.stdout.readline())
+    client.wait(timeout=30)
+    assert _gone(stage, 10), "the monitor should end the stage of a vanished client"
+
+
 def test_idle_server_exits_and_a_new_one_starts(tmp_path):
+    before = set(launch._socket_folder().glob("*.sock"))
     first = json.loads(_client(tmp_path, "0", idle_s=2).stdout)
+    created = set(launch._socket_folder().glob("*.sock")) - before
+    assert created, "the first client should have started a server"
     assert _gone(first["sid"], 15), "the idle server should exit"  # its pid is its session id
+    assert not any(sock.exists() for sock in created), "an exiting server removes its socket"
     second = json.loads(_client(tmp_path, "0", idle_s=2).stdout)
     assert second["sid"] != first["sid"]
 
