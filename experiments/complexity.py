@@ -135,17 +135,22 @@ def complexity_table(
     the models are counted that many at a time in forked processes of one torch thread each
     (counting is mostly Python-bound tracing; the counts do not depend on threads)."""
     names = list(names)
-    job = (names, build, seconds, sample_rate, seed, ssm_scope)
+
+    def measure_at(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        name = names[index]
+        print(f"[complexity] counting {name} on {seconds:g} s ...", flush=True)
+        return measure(name, build(name), seconds, sample_rate, seed, ssm_scope)
+
     if workers > 1 and len(names) > 1:
-        global _JOB
-        _JOB = job  # forked workers inherit it: builders need not be picklable
+        global _MEASURE_AT
+        _MEASURE_AT = measure_at  # forked workers inherit it: builders need not be picklable
         try:
             with multiprocessing.get_context("fork").Pool(min(workers, len(names))) as pool:
-                measured = pool.map(_measure_job, range(len(names)), chunksize=1)
+                measured = pool.map(_measure_in_worker, range(len(names)), chunksize=1)
         finally:
-            _JOB = None
+            _MEASURE_AT = None
     else:
-        measured = [_measure_one(job, i) for i in range(len(names))]
+        measured = [measure_at(i) for i in range(len(names))]
     rows, details = [], {}
     for name, (row, details[name]) in zip(names, measured, strict=True):
         params = _figure(published, name, "params_m")
@@ -165,20 +170,13 @@ def complexity_table(
     return {"rows": rows, "details": details, "summary": _summary(by_name, published)}
 
 
-_JOB: tuple | None = None
+_MEASURE_AT: Callable[[int], tuple[dict[str, Any], dict[str, Any]]] | None = None
 
 
-def _measure_job(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _measure_in_worker(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
     torch.set_num_threads(1)
-    assert _JOB is not None
-    return _measure_one(_JOB, index)
-
-
-def _measure_one(job: tuple, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    names, build, seconds, sample_rate, seed, ssm_scope = job
-    name = names[index]
-    print(f"[complexity] counting {name} on {seconds:g} s ...", flush=True)
-    return measure(name, build(name), seconds, sample_rate, seed, ssm_scope)
+    assert _MEASURE_AT is not None
+    return _MEASURE_AT(index)
 
 
 def _summary(by_name: dict[str, dict[str, Any]], published: dict[str, Any]) -> dict[str, Any]:

@@ -22,10 +22,10 @@ import resource
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -247,29 +247,15 @@ def _forkserver() -> Any:
     return ctx
 
 
-@contextmanager
-def _thread_variables(threads: int) -> Iterator[None]:
-    """OMP/MKL thread counts in the environment while a worker (and, the first time, the
-    forkserver, whose OpenMP runtime reads them once) starts; this process's are restored."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, str(threads)))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """`run_worker(spec)` in a process of its own; a failure raises naming the model."""
     ctx = _forkserver()
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker, args=(spec, send), daemon=True)
-    with _thread_variables(spec["settings"]["threads"]):
+    # OMP/MKL thread counts in the environment only while the worker (and, the first time,
+    # the forkserver, whose OpenMP runtime reads them once) starts
+    threads = str(spec["settings"]["threads"])
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
         proc.start()
     send.close()
     try:
