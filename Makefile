@@ -1,6 +1,10 @@
 # Two entry points for a fresh machine: `make repro` and `make test`. Both set up .venv if missing.
-VENV := .venv
-BIN := $(VENV)/bin
+# Everything make runs finds the project's environment first on PATH, so `dvc repro`'s stage
+# commands (`python -m experiments.stages.<stage>`) run in .venv from any shell, activated or not.
+VENV := $(CURDIR)/.venv
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+unexport PYTHONPATH PYTHONHOME
 
 .PHONY: setup repro test lint bench clean-venv
 
@@ -8,16 +12,16 @@ setup:
 	@bash tools/setup_env.sh
 
 repro: setup
-	@$(BIN)/dvc repro
+	@dvc repro
 
 test: setup
-	@$(BIN)/python -m pytest -q
+	@python -m pytest -q
 
 lint: setup
-	@$(BIN)/ruff check .
+	@ruff check .
 
 bench: setup
-	@$(BIN)/python -m experiments.bench_s4m
+	@python tools/bench_s4m.py
 
 clean-venv:
 	rm -rf $(VENV)

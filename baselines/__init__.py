@@ -1,6 +1,6 @@
 """Library baselines (asteroid Conv-TasNet, DPRNN, SuDoRM-RF; SpeechBrain Sepformer).
 
-Build them through `experiments.models.build_model`; this package holds the classes, their
+Build them through `experiments.registry.build_model`; this package holds the classes, their
 published configurations and the loaders for published weights.
 """
 
@@ -20,15 +20,15 @@ from baselines.asteroid_models import (
     SuDORMRFNetModel,
 )
 from baselines.pretrained import load_asteroid_model, load_speechbrain_sepformer
-from baselines.sepformer import SepformerNet
 
-# registry name -> (class, published configuration); the class defaults fill in the rest.
-BASELINES: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
-    "convtasnet": (ConvTasNetModel, CONVTASNET_CONFIG),
-    "dprnn": (DPRNNTasNetModel, DPRNN_CONFIG),
-    "sudormrf": (SuDORMRFNetModel, SUDORMRF_CONFIG),
-    "sepformer": (SepformerNet, {}),
-}
+
+def __getattr__(name: str) -> Any:
+    """`SepformerNet` on first use: SpeechBrain (and torchaudio) load only when it is needed."""
+    if name == "SepformerNet":
+        from baselines.sepformer import SepformerNet
+
+        return SepformerNet
+    raise AttributeError(f"module 'baselines' has no attribute {name!r}")
 
 
 def constructor_options(cls: type) -> set[str]:
@@ -39,22 +39,21 @@ def constructor_options(cls: type) -> set[str]:
 
 
 def build_baseline(
-    name: str, sample_rate: float = 8000, n_src: int = 2, **overrides: Any
+    cls: type[BaseModel], config: dict[str, Any], sample_rate: float = 8000, n_src: int = 2,
+    **overrides: Any,
 ) -> BaseModel:
-    """A freshly initialised baseline with its published configuration updated by `overrides`."""
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
-    cls, config = BASELINES[name]
+    """A freshly initialised `cls` with its published `config` updated by `overrides`."""
     unknown = sorted(set(overrides) - constructor_options(cls))
     if unknown:
-        raise ValueError(
-            f"unknown override(s) {unknown} for {name}; allowed: {sorted(constructor_options(cls))}"
-        )
+        raise ValueError(f"unknown override(s) {unknown} for {cls.__name__}; allowed: "
+                         f"{sorted(constructor_options(cls))}")
     return cls(n_src=n_src, sample_rate=sample_rate, **{**config, **overrides})
 
 
 __all__ = [
-    "BASELINES",
+    "CONVTASNET_CONFIG",
+    "DPRNN_CONFIG",
+    "SUDORMRF_CONFIG",
     "ConvTasNetModel",
     "DPRNNTasNetModel",
     "SepformerNet",

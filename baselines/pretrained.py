@@ -24,7 +24,6 @@ from asteroid.models.base_models import BaseModel
 from torch.torch_version import TorchVersion
 
 from baselines.asteroid_models import ConvTasNetModel, DPRNNTasNetModel, SuDORMRFNetModel
-from baselines.sepformer import SepformerNet
 
 SPEECHBRAIN_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 
@@ -35,14 +34,18 @@ def asteroid_model_class(model_name: str) -> type[BaseModel]:
         "ConvTasNet": ConvTasNetModel,
         "DPRNNTasNet": DPRNNTasNetModel,
         "SuDORMRFNet": SuDORMRFNetModel,
-        "SepformerNet": SepformerNet,
     }
     if model_name == "S4M":
         from s4m import S4M
 
         return S4M
+    if model_name == "SepformerNet":
+        from baselines.sepformer import SepformerNet
+
+        return SepformerNet
     if model_name not in classes:
-        raise ValueError(f"unsupported model_name {model_name!r}; supported: {[*classes, 'S4M']}")
+        supported = [*classes, "S4M", "SepformerNet"]
+        raise ValueError(f"unsupported model_name {model_name!r}; supported: {supported}")
     return classes[model_name]
 
 
@@ -203,7 +206,7 @@ def sepformer_args_from_weights(
     )
 
 
-def load_speechbrain_sepformer(folder: str | Path) -> SepformerNet:
+def load_speechbrain_sepformer(folder: str | Path) -> BaseModel:
     """A SpeechBrain sepformer checkpoint folder -> `SepformerNet` with those weights."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -224,6 +227,8 @@ def load_speechbrain_sepformer(folder: str | Path) -> SepformerNet:
             raise ValueError(f"{hparams_file}: decoder stride {stride} differs from the encoder's "
                              f"hop {args['kernel_size'] // 2}, which SpeechBrain's Encoder fixes")
         args.update(hparams)
+    from baselines.sepformer import SepformerNet
+
     model = SepformerNet(**args)
     for part, state in states.items():
         load_state(getattr(model, part), state, folder / f"{part}.ckpt")

@@ -7,8 +7,7 @@ import os
 import platform
 import subprocess
 from importlib import metadata
-
-import torch
+from typing import Any
 
 PACKAGES = ("torch", "asteroid", "speechbrain", "pytorch-lightning", "fvcore", "ptflops", "dvc")
 
@@ -34,10 +33,12 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def device_name(device: str | torch.device = "cpu") -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def device_name(device: Any = "cpu") -> str:
+    """A CUDA device's name (torch is imported only then) or the CPU model and core count."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
     return f"cpu: {_cpu_model()} ({os.cpu_count()} cores)"
 
 
@@ -62,7 +63,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def environment(profile: str, threads: int, device: str | torch.device = "cpu") -> dict[str, str]:
+def environment(profile: str, threads: int, device: Any = "cpu") -> dict[str, str]:
     return {
         "commit": git_commit(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -3,6 +3,7 @@ assertions: the machine is shared)."""
 
 import csv
 import json
+import math
 import os
 import time
 
@@ -12,9 +13,13 @@ import yaml
 from asteroid.models import ConvTasNet
 from torch import nn
 
-from experiments import complexity, speed
+from experiments import atomic
+from experiments.benchmark import speed
+from experiments.complexity import macs as complexity
 from experiments.config import ConfigError
-from experiments.models import list_models
+from experiments.published import load_published
+from experiments.registry import REGISTRY
+from experiments.stages import complexity as complexity_stage
 
 TINY_CTN = dict(n_src=2, n_filters=16, kernel_size=16, stride=8, n_blocks=1, n_repeats=1,
                 bn_chan=8, hid_chan=8, skip_chan=8, sample_rate=8000)
@@ -39,8 +44,8 @@ def _read_csv(path):
 
 
 def test_published_file_covers_the_registry_and_cites_sources():
-    published = complexity.load_published()
-    for name in list_models():
+    published = load_published()
+    for name in REGISTRY:
         entry = published["models"][name]
         assert entry["params_m"]["value"] > 0
         assert entry["params_m"]["source"] in published["sources"]
@@ -55,12 +60,12 @@ def test_published_file_with_an_unknown_source_is_rejected(tmp_path):
         "models": {"x": {"params_m": {"value": 1.0, "source": "nowhere"}}},
     }))
     with pytest.raises(ValueError, match=r"published.yaml.*models.x.params_m.*nowhere"):
-        complexity.load_published(bad)
+        load_published(bad)
 
 
 def test_complexity_table_and_reports(tmp_path):
     models = {"s4m_tiny": TinySSMSeparator, "sepformer": lambda: ConvTasNet(**TINY_CTN)}
-    published = complexity.load_published()
+    published = load_published()
     payload = complexity.complexity_table(
         models, lambda name: models[name](), seconds=0.05, sample_rate=8000, published=published)
     rows = {row["model"]: row for row in payload["rows"]}
@@ -77,7 +82,7 @@ def test_complexity_table_and_reports(tmp_path):
         tiny["macs_g_per_s_fvcore"] / rows["sepformer"]["macs_g_per_s_fvcore"])
     assert ratio["paper"] == pytest.approx(0.092)
 
-    csv_path, json_path = complexity.write_reports(payload, tmp_path, "complexity",
+    csv_path, json_path = atomic.write_table(payload, tmp_path, "complexity",
                                                    complexity.COLUMNS)
     table = _read_csv(csv_path)
     assert list(table[0]) == list(complexity.COLUMNS) and len(table) == 2
@@ -88,7 +93,7 @@ def test_complexity_table_and_reports(tmp_path):
 def test_counting_in_forked_workers_gives_the_same_table():
     models = {"s4m_tiny": TinySSMSeparator, "convtasnet": lambda: ConvTasNet(**TINY_CTN),
               "sepformer": lambda: ConvTasNet(**TINY_CTN)}
-    published = complexity.load_published()
+    published = load_published()
     serial, forked = (complexity.complexity_table(
         models, lambda name: models[name](), seconds=0.05, sample_rate=8000,
         published=published, workers=workers) for workers in (1, 2))
@@ -100,7 +105,7 @@ def test_complexity_cli_on_the_registry(tmp_path):
     params = yaml.safe_load(open("params.yaml"))
     params["complexity"] = {"seconds": 0.05}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    complexity.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path),
+    complexity_stage.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path),
                      "--models", "convtasnet"])
     (row,) = _read_csv(tmp_path / "complexity.csv")
     assert row["model"] == "convtasnet" and float(row["params_m"]) == pytest.approx(5.05, 0.01)
@@ -127,7 +132,14 @@ def test_benchmark_model_in_process():
     assert result["device"] == "cpu" and len(result["infer_s_all"]) == 2
     assert result["infer_s_min"] <= result["infer_s_median"] <= result["infer_s_max"]
     assert result["rtf"] == pytest.approx(result["infer_s_median"] / 0.1)
-    assert result["peak_mem_mb"] >= 0 and result["infer_peak_mem_mb"] >= 0
+    assert math.isfinite(result["peak_mem_mb"]) and math.isfinite(result["infer_peak_mem_mb"])
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    with speed.PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(50_000_000)  # 200 MB, written so that it is resident
+        del block
+    assert mem.mib >= 150, mem.mib
 
 
 def test_speed_table_runs_each_model_in_a_subprocess(tmp_path, monkeypatch):
@@ -135,13 +147,13 @@ def test_speed_table_runs_each_model_in_a_subprocess(tmp_path, monkeypatch):
             "kwargs": TINY_CTN, "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    payload = speed.speed_table([spec], timeout_s=300, published=complexity.load_published())
+    payload = speed.speed_table([spec], timeout_s=300, published=load_published())
     # the workers' thread variables do not leak into this process
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
     (row,) = payload["rows"]
     assert row["model"] == "tiny_convtasnet" and row["threads"] == 1
     assert row["mem_method"] in ("hwm_reset", "ru_maxrss")
-    csv_path, _ = speed.write_reports(payload, tmp_path, "speed", speed.COLUMNS)
+    csv_path, _ = atomic.write_table(payload, tmp_path, "speed", speed.COLUMNS)
     assert list(_read_csv(csv_path)[0]) == list(speed.COLUMNS)
 
 
@@ -167,7 +179,7 @@ def test_goal_ratios():
         {"model": "sepformer", "infer_s_median": 5.0, "train_step_s": 20.0, "peak_mem_mb": 1},
         {"model": "convtasnet", "infer_s_median": 1.0, "train_step_s": 2.0, "peak_mem_mb": 1},
     ]
-    goals = speed.goal_ratios(rows, complexity.load_published())
+    goals = speed.goal_ratios(rows, load_published())
     assert goals["infer_s4m_tiny_over_sepformer"]["measured"] == pytest.approx(0.1)
     assert goals["infer_s4m_tiny_over_sepformer"]["met"]
     assert goals["infer_s4m_tiny_over_sepformer"]["released_code"] == pytest.approx(4.68 / 6.37)

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.counting import count_all, count_fvcore, count_ptflops, einsum_macs, fft_macs
+from experiments.complexity.counting import (
+    count_all,
+    count_fvcore,
+    count_ptflops,
+    einsum_macs,
+    fft_macs,
+)
 from s4m import blocks
 
 

@@ -1,4 +1,4 @@
-"""experiments.evaluate: per-utterance CSV, summary statistics, examples, bad input."""
+"""experiments.evaluation.evaluate: per-utterance CSV, summary statistics, examples, bad input."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import soundfile as sf
 import torch
 from scipy import stats
 
-from experiments import evaluate as evaluate_module
-from experiments import models as registry
+from experiments import registry
 from experiments.config import load_profile
 from experiments.data.synthetic import build_synthetic_dataset
-from experiments.evaluate import evaluate, main, summarize
-from experiments.metrics import separation_metrics
+from experiments.evaluation import evaluate as evaluate_module
+from experiments.evaluation.evaluate import evaluate, summarize
+from experiments.evaluation.metrics import separation_metrics
+from experiments.stages.evaluate import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONVTASNET = dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2,

@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from experiments.config import ConfigError
-from experiments.models import (
-    MODEL_CARDS,
-    MODEL_NAMES,
+from experiments.published import load_published
+from experiments.registry import (
+    REGISTRY,
     build_model,
     check_model_names,
     count_params_m,
-    list_models,
     load_model,
     published_params_m,
     save_model,
 )
+
+MODEL_NAMES = tuple(REGISTRY)
 
 BASELINE_NAMES = ("convtasnet", "dprnn", "sudormrf", "sepformer")
 # Small variants so round trips and backward passes stay fast; full size where it is cheap.
@@ -31,10 +32,13 @@ SMALL = {
 }
 
 
-def test_names() -> None:
-    assert MODEL_NAMES == ("s4m_tiny", "s4m", "convtasnet", "dprnn", "sudormrf", "sepformer")
-    assert list_models() == list(MODEL_NAMES)
-    assert set(MODEL_CARDS) == set(MODEL_NAMES)
+def test_every_registry_model_has_published_figures_and_is_in_the_default_grid() -> None:
+    import yaml
+
+    published = load_published()["models"]
+    assert set(published) == set(REGISTRY)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    assert params["models"] == list(REGISTRY), "params.yaml `models` should list every model"
 
 
 def test_unknown_name_lists_the_names() -> None:
@@ -52,10 +56,9 @@ def test_unknown_override_is_named(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_params_match_published_figure(name: str) -> None:
-    card = MODEL_CARDS[name]
+    published = published_params_m(name)
     params = count_params_m(build_model(name))
-    assert published_params_m(name) == card.published_params_m
-    assert abs(params / card.published_params_m - 1) <= card.tolerance, (name, params)
+    assert abs(params / published - 1) <= REGISTRY[name].tolerance, (name, params, published)
 
 
 def test_measured_sizes_of_library_configs() -> None:
@@ -177,6 +180,6 @@ def test_load_rejects_mismatched_or_foreign_files(tmp_path: Path) -> None:
 
 
 def test_unknown_model_names_are_named_with_their_setting():
-    check_model_names(list_models(), "params.yaml: `models`")
+    check_model_names(list(REGISTRY), "params.yaml: `models`")
     with pytest.raises(ConfigError, match=r"params.yaml: `models` has unknown names \['nope'\]"):
         check_model_names(["s4m", "nope"], "params.yaml: `models`")

@@ -10,7 +10,8 @@ import yaml
 
 from experiments.config import ConfigError, load_profile
 from experiments.data import make_dataset
-from experiments.prepare import main, prepare
+from experiments.data.prepare import prepare
+from experiments.stages.prepare import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,8 +41,14 @@ def test_stage_builds_from_a_params_file(tmp_path):
         assert len(make_dataset(data_cfg, split, segment=None)) == n
     with pytest.raises(FileNotFoundError, match="mix_both.csv.*sep_noisy"):
         make_dataset({**data_cfg, "task": "sep_noisy"}, "dev", segment=None)
-    # Same settings again: nothing to redo; another seed on the same folder: refused.
+    # Same settings again: nothing to redo (no audio or metadata file rewritten); another seed
+    # on the same folder: refused.
+    def stamps() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+                if p.is_file() and p.suffix in (".wav", ".csv")}
+    before = stamps()
     main(["--params", str(tmp_path / "params.yaml")])
+    assert before and stamps() == before
     # A moved folder (e.g. restored from the DVC cache elsewhere) still loads.
     moved = tmp_path / "moved"
     out.rename(moved)
@@ -83,7 +90,7 @@ def test_bad_settings_name_the_setting(tmp_path):
 
 def test_make_dataset_errors(tmp_path):
     data = _cfg(tmp_path / "empty")["data"]
-    with pytest.raises(FileNotFoundError, match="empty.*run `python -m experiments.prepare`"):
+    with pytest.raises(FileNotFoundError, match="empty.*run `python -m experiments.stages.prepare"):
         make_dataset(data, "dev", segment=None)
     with pytest.raises(ValueError, match="split"):
         make_dataset(data, "valid", segment=None)

@@ -13,7 +13,7 @@ from speechbrain.utils.checkpoints import torch_save
 
 from baselines import load_asteroid_model, load_speechbrain_sepformer
 from baselines.sepformer import SepformerNet
-from experiments.models import build_model, load_model, save_model
+from experiments.registry import build_model, load_model, save_model
 
 LIBRARY_MODELS = {
     "convtasnet": lambda: ConvTasNet(2, n_blocks=2, n_repeats=1, mask_act="relu"),

@@ -1,4 +1,4 @@
-"""experiments.train: resume equivalence, 2-process DDP, NaN stop, bad data, outputs."""
+"""experiments.training (and its stage): resume equivalence, 2-process DDP, NaN stop, bad data, outputs."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import soundfile as sf
 import torch
 import yaml
 
-from experiments import train as trainer_module
 from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
-from experiments.models import load_model
-from experiments.train import NonFiniteLossError, parse_overrides, train
+from experiments.registry import load_model
+from experiments.training import trainer as trainer_module
+from experiments.training.trainer import NonFiniteLossError, parse_overrides, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONVTASNET = dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2,
@@ -129,7 +129,7 @@ def test_ddp_two_processes_end_with_the_same_weights(prepared: Path, tmp_path: P
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     run = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--model", "convtasnet", "--out",
+        [sys.executable, "-m", "experiments.stages.train", "--model", "convtasnet", "--out",
          str(tmp_path / "run"), "--params", str(tmp_path / "params.yaml"),
          "--override", *overrides],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

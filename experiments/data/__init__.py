@@ -43,7 +43,7 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         csv = folder / f"mixture_{name}_{TASKS[task]}.csv"
         if not csv.is_file():
             raise FileNotFoundError(f"{csv}: prepared {source} data for split {split!r}, task "
-                                    f"{task!r} not found; run `python -m experiments.prepare`")
+                                    f"{task!r} not found; run `python -m experiments.stages.prepare`")
         ds = LibriMix(str(folder), task=task, sample_rate=sample_rate, n_src=2,
                       segment=segment, return_id=return_id)
         split_dir = folder.parent.parent / name
@@ -56,7 +56,7 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         folder = json_dir(out_dir, sample_rate, mode, WHAM_SPLITS[split])
         if not (folder / f"{TASKS[task]}.json").is_file():
             raise FileNotFoundError(f"{folder}: prepared WHAM! data for split {split!r} not "
-                                    f"found; run `python -m experiments.prepare`")
+                                    f"found; run `python -m experiments.stages.prepare`")
         cls = _WhamWithIds() if return_id else WhamDataset
         ds = cls(str(folder), task, sample_rate=sample_rate, segment=segment)
         split_dir = folder.parent.parent / WHAM_SPLITS[split]

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from baselines import BASELINES, build_baseline
 from baselines.pretrained import (
     build_from_package,
     load_speechbrain_sepformer,
@@ -26,77 +25,66 @@ from baselines.pretrained import (
 )
 from experiments.atomic import atomic_path
 from experiments.config import ConfigError
+from experiments.published import figure, load_published
 
-MODEL_NAMES: tuple[str, ...] = ("s4m_tiny", "s4m", "convtasnet", "dprnn", "sudormrf", "sepformer")
 PACKAGE_FORMAT = "s4m-bench-model"
 PACKAGE_VERSION = 1
 SPEC_KEYS = {"name", "sample_rate", "n_src", "overrides"}
 
 
 @dataclass(frozen=True)
-class ModelCard:
-    """What the README table says about a registry model."""
+class Entry:
+    """One registry model: the class it builds and what the README's models table says of it.
+    Its published figures live in experiments/published.yaml under the same name."""
 
-    source: str
+    cls: str  # "S4M" (s4m's config of the same name) or a class exported by `baselines`
+    library: str
     config: str
-    published_params_m: float
-    tolerance: float  # relative; tests hold the built model's params to it
-    reference: str
+    tolerance: float  # relative; tests hold the built model's params to the published count
+    baseline_config: str | None = None  # name of the published configuration in `baselines`
 
 
-MODEL_CARDS: dict[str, ModelCard] = {
-    "s4m_tiny": ModelCard(
-        "s4m (this repo)", "S4M-tiny as in the authors' released model file", 1.80, 0.03,
-        "Chen et al. 2023, S4M-tiny",
-    ),
-    "s4m": ModelCard(
-        "s4m (this repo)", "S4M, S4 layers at more scales (design unpublished, reconstructed)",
-        3.6, 0.05, "Chen et al. 2023, S4M",
-    ),
-    "convtasnet": ModelCard(
-        "asteroid ConvTasNet",
-        "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask",
-        5.1, 0.05, "Luo & Mesgarani 2019, best non-causal config",
-    ),
-    "dprnn": ModelCard(
-        "asteroid DPRNNTasNet",
+# The one list of model names in the code; params.yaml's `models` picks from it.
+REGISTRY: dict[str, Entry] = {
+    "s4m_tiny": Entry("S4M", "s4m (this repo)",
+                      "S4M-tiny as in the authors' released model file", 0.03),
+    "s4m": Entry("S4M", "s4m (this repo)",
+                 "S4M, S4 layers at more scales (design unpublished, reconstructed)", 0.05),
+    "convtasnet": Entry(
+        "ConvTasNetModel", "asteroid ConvTasNet",
+        "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask", 0.05,
+        "CONVTASNET_CONFIG"),
+    "dprnn": Entry(
+        "DPRNNTasNetModel", "asteroid DPRNNTasNet",
         "paper: N=64, L=2 (hop 1), 64-dim features, 6 BLSTM blocks of 128/dir, K=250, hop 125",
-        2.6, 0.05, "Luo et al. 2020",
-    ),
-    "sudormrf": ModelCard(
-        "asteroid SuDORMRFNet",
-        "1.0x: 512 bases, L=21 (hop 10), B=128, 16 U-ConvBlocks of depth 4, softmax masks",
-        2.72, 0.05, "Tzinis et al. 2020, SuDoRM-RF 1.0x",
-    ),
-    "sepformer": ModelCard(
-        "speechbrain dual_path blocks",
+        0.05, "DPRNN_CONFIG"),
+    "sudormrf": Entry(
+        "SuDORMRFNetModel", "asteroid SuDORMRFNet",
+        "1.0x: 512 bases, L=21 (hop 10), B=128, 16 U-ConvBlocks of depth 4, softmax masks", 0.05,
+        "SUDORMRF_CONFIG"),
+    "sepformer": Entry(
+        "SepformerNet", "speechbrain dual_path blocks",
         "LibriMix/WSJ0Mix recipe: N=256, L=16 (hop 8), 2 x (8 intra + 8 inter) pre-norm "
-        "transformers, d=256, 8 heads, d_ffn=1024, K=250",
-        26.0, 0.05, "Subakan et al. 2021",
-    ),
+        "transformers, d=256, 8 heads, d_ffn=1024, K=250", 0.05),
 }
-
-
-def list_models() -> list[str]:
-    return list(MODEL_NAMES)
 
 
 def check_model_names(names: list[str], where: str) -> None:
     """A ConfigError naming `where` (e.g. "params.yaml: `models`") for names not in the registry."""
-    unknown = sorted(set(names) - set(MODEL_NAMES))
+    unknown = sorted(set(names) - set(REGISTRY))
     if unknown:
-        raise ConfigError(f"{where} has unknown names {unknown} (registry: {list(MODEL_NAMES)})")
+        raise ConfigError(f"{where} has unknown names {unknown} (registry: {list(REGISTRY)})")
 
 
 def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; registry models: {', '.join(MODEL_NAMES)}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registry models: {', '.join(REGISTRY)}")
 
 
 def published_params_m(name: str) -> float:
-    """Published parameter count (millions) of a registry model."""
+    """Published parameter count (millions) of a registry model, from published.yaml."""
     _check_name(name)
-    return MODEL_CARDS[name].published_params_m
+    return float(figure(load_published(), name, "params_m")["value"])
 
 
 def count_params_m(model: torch.nn.Module) -> float:
@@ -108,12 +96,17 @@ def build_model(
 ) -> torch.nn.Module:
     """A freshly initialised registry model; `overrides` set its constructor arguments."""
     _check_name(name)
-    if name in BASELINES:
-        model = build_baseline(name, sample_rate=sample_rate, n_src=n_src, **overrides)
-    else:
+    entry = REGISTRY[name]
+    if entry.cls == "S4M":
         from s4m import build_s4m  # the S4M library is optional for the baselines
 
         model = build_s4m(name, sample_rate=sample_rate, n_src=n_src, **overrides)
+    else:
+        import baselines  # SepformerNet imports SpeechBrain on first use only
+
+        config = getattr(baselines, entry.baseline_config) if entry.baseline_config else {}
+        model = baselines.build_baseline(getattr(baselines, entry.cls), config,
+                                         sample_rate=sample_rate, n_src=n_src, **overrides)
     model.registry_spec = dict(name=name, sample_rate=sample_rate, n_src=n_src, overrides=overrides)
     return model
 
@@ -134,7 +127,7 @@ def save_model(model: torch.nn.Module, path: str | Path) -> Path:
     if spec is None:
         raise ValueError(
             f"cannot save {type(model).__name__} to {path}: only models made by "
-            "experiments.models.build_model or load_model carry their registry spec"
+            "experiments.registry.build_model or load_model carry their registry spec"
         )
     package = model.serialize()  # model_name, model_args, state_dict, infos
     package.pop("infos", None)  # asteroid's holds TorchVersion objects; `versions` replaces it
@@ -147,8 +140,8 @@ def save_model(model: torch.nn.Module, path: str | Path) -> Path:
 
 def _name_of(model: torch.nn.Module) -> str:
     """Registry name for a model loaded from a foreign file."""
-    for name, (cls, _) in BASELINES.items():
-        if type(model) is cls:
+    for name, entry in REGISTRY.items():
+        if entry.cls != "S4M" and type(model).__name__ == entry.cls:
             return name
     from s4m import CONFIGS
 

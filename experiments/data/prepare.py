@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: builds the dataset that params.yaml's active profile names.
+"""Builds the dataset that params.yaml's active profile names.
 
 Reads `seed` and `data.*` (source, out_dir, sample_rate, mode, types, num_workers and the
 source's own block) and writes only under `data.out_dir`.
@@ -6,14 +6,13 @@ source's own block) and writes only under `data.out_dir`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from experiments.atomic import write_text
-from experiments.config import ConfigError, load_profile, require
+from experiments.config import ConfigError, require
 from experiments.data.audio import resolve_workers
 
 DEFAULT_TYPES = ("mix_clean", "mix_both")
@@ -75,15 +74,3 @@ def prepare(cfg: dict[str, Any], progress: bool = True) -> Path:
     print(f"prepared {source} data in {built}: {summary['files']} files, "
           f"{summary['bytes'] / 2**20:.0f} MiB, {seconds:.1f} s on {workers} workers")
     return built
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file")
-    parser.add_argument("--profile", default=None, help="profile (default: params' `profile`)")
-    args = parser.parse_args(argv)
-    prepare(load_profile(args.params, args.profile))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,34 +1,33 @@
-"""`python -m experiments.complexity`: params and MACs per second of audio for every registry model.
+"""Params and MACs per second of audio for every registry model.
 
 Each model is counted four times on `complexity.seconds` of noise at the profile's sample rate:
 fvcore and ptflops (aten backend) with our handles (FFT, RNN, attention and SSM arithmetic
-counted, one cost model: see `experiments.counting`) and with each tool's defaults (the naive
-count). Writes reports/complexity.csv and reports/complexity.json, with the published params and
-MACs from experiments/published.yaml beside the measured ones. `threads` models are counted at a
-time, each in a forked process.
+counted, one cost model: see `experiments.complexity.counting`) and with each tool's defaults
+(the naive count), with the published params and MACs from experiments/published.yaml beside
+the measured ones. `workers` models are counted at a time, each in a forked process.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
 import multiprocessing
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from experiments.atomic import write_text
-from experiments.config import ConfigError, load_profile, require
-from experiments.counting import ELEMENTWISE, FFT, MATMUL, NORM, MacCount, count_all, is_ssm_module
-from experiments.env import environment
+from experiments.complexity.counting import (
+    ELEMENTWISE,
+    FFT,
+    MATMUL,
+    NORM,
+    MacCount,
+    count_all,
+    is_ssm_module,
+)
+from experiments.config import ConfigError
+from experiments.published import figure
 
-PUBLISHED = Path(__file__).with_name("published.yaml")
 REFERENCE_MODEL, PAPER_MODEL = "sepformer", "s4m_tiny"  # the paper's "9.2% of Sepformer's MACs"
 
 COLUMNS = (
@@ -40,46 +39,6 @@ COLUMNS = (
     "naive_uncounted_fvcore", "naive_uncounted_ptflops", "published_params_source",
     "published_macs_source", "seconds", "sample_rate",
 )
-
-
-# ---- published figures -------------------------------------------------------------------------
-
-
-def load_published(path: str | Path = PUBLISHED) -> dict[str, Any]:
-    """published.yaml, checked: every figure has a value and a source listed under `sources`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: published figures file not found")
-    with path.open() as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict) or not {"sources", "models"} <= set(data):
-        raise ValueError(f"{path}: expected top-level `sources` and `models` mappings")
-    sources = data["sources"]
-
-    def check(figure: Any, where: str, keys: Iterable[str]) -> None:
-        if not isinstance(figure, dict) or not set(keys) <= set(figure):
-            raise ValueError(f"{path}: {where} needs keys {sorted(keys)}")
-        if figure["source"] not in sources:
-            raise ValueError(f"{path}: {where} cites unknown source {figure['source']!r}")
-
-    for name, entry in data["models"].items():
-        for key in ("params_m", "macs_g_per_s", "macs_ratio_to_sepformer"):
-            if key in entry:
-                check(entry[key], f"models.{name}.{key}", ("value", "source"))
-        for dataset, results in entry.get("results", {}).items():
-            for i, result in enumerate(results):
-                where = f"models.{name}.results.{dataset}[{i}]"
-                check(result, where, ("si_sdri", "sdri", "source"))
-    if "reference_measurements" in data:
-        check(data["reference_measurements"], "reference_measurements", ("source", "models"))
-    return data
-
-
-def _figure(published: dict[str, Any], model: str, key: str) -> dict[str, Any]:
-    return published["models"].get(model, {}).get(key) or {}
-
-
-# ---- measuring -------------------------------------------------------------------------------
 
 
 def _ops(uncounted: dict[str, int]) -> str:
@@ -153,8 +112,8 @@ def complexity_table(
         measured = [measure_at(i) for i in range(len(names))]
     rows, details = [], {}
     for name, (row, details[name]) in zip(names, measured, strict=True):
-        params = _figure(published, name, "params_m")
-        macs = _figure(published, name, "macs_g_per_s")
+        params = figure(published, name, "params_m")
+        macs = figure(published, name, "macs_g_per_s")
         row.update(
             published_params_m=params.get("value"), published_params_source=params.get("source"),
             published_macs_g_per_s=macs.get("value"), published_macs_source=macs.get("source"),
@@ -183,7 +142,7 @@ def _summary(by_name: dict[str, dict[str, Any]], published: dict[str, Any]) -> d
     tiny, ref = by_name.get(PAPER_MODEL), by_name.get(REFERENCE_MODEL)
     if tiny is None or ref is None:
         return {}
-    paper = _figure(published, PAPER_MODEL, "macs_ratio_to_sepformer")
+    paper = figure(published, PAPER_MODEL, "macs_ratio_to_sepformer")
     measured = published.get("reference_measurements", {}).get("models", {})
     released = measured.get("released_s4m_tiny", {}).get("macs_g_per_s_fvcore")
     sepformer = measured.get(REFERENCE_MODEL, {}).get("macs_g_per_s_fvcore")
@@ -199,87 +158,4 @@ def _summary(by_name: dict[str, dict[str, Any]], published: dict[str, Any]) -> d
     }}
 
 
-# ---- writing ---------------------------------------------------------------------------------
-
-
-def csv_text(rows: list[dict[str, Any]], columns: Iterable[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_reports(payload: dict[str, Any], out_dir: str | Path, stem: str,
-                  columns: Iterable[str]) -> tuple[Path, Path]:
-    """<out_dir>/<stem>.csv (the rows) and <stem>.json (everything), each written atomically."""
-    out_dir = Path(out_dir)
-    csv_path = write_text(out_dir / f"{stem}.csv", csv_text(payload["rows"], columns))
-    json_path = write_text(out_dir / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
-    return csv_path, json_path
-
-
-def format_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> str:
-    columns = list(columns)
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return "-" if value is None else str(value)
-
-
 # ---- CLI -------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-dir", default="reports")
-    parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
-    args = parser.parse_args(argv)
-
-    from experiments.models import build_model, check_model_names
-
-    cfg = load_profile(args.params)
-    seconds = float(require(cfg, "complexity.seconds"))
-    sample_rate = int(require(cfg, "data.sample_rate"))
-    threads, seed = int(require(cfg, "threads")), int(require(cfg, "seed"))
-    names = args.models or list(require(cfg, "models"))
-    check_model_names(names, f"{args.params}: `models`")
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    published = load_published()
-
-    payload = complexity_table(
-        names, lambda name: build_model(name, sample_rate=sample_rate), seconds, sample_rate,
-        published, seed, workers=threads,
-    )
-    payload = {"environment": environment(cfg["profile"], threads),
-               "settings": {"seconds": seconds, "sample_rate": sample_rate, "seed": seed},
-               "sources": published["sources"], **payload}
-    csv_path, json_path = write_reports(payload, args.out_dir, "complexity", COLUMNS)
-    print(format_table(payload["rows"], (
-        "model", "params_m", "published_params_m", "macs_g_per_s_fvcore", "macs_g_per_s_ptflops",
-        "tools_rel_diff", "naive_macs_g_per_s_fvcore", "naive_macs_g_per_s_ptflops",
-        "published_macs_g_per_s", "macs_pct_of_sepformer")))
-    summary = payload["summary"].get("s4m_tiny_over_sepformer_macs")
-    if summary:
-        print(f"S4M-tiny / Sepformer MACs: fvcore {_pct(summary['fvcore'])}, ptflops "
-              f"{_pct(summary['ptflops'])} (naive fvcore {_pct(summary['naive_fvcore'])}); "
-              f"paper {_pct(summary['paper'])}, released code measured "
-              f"{_pct(summary['released_code_measured'])}")
-    print(f"wrote {csv_path} and {json_path}")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,9 @@
-"""Evaluation stage: any registry-loadable checkpoint on the prepared test split.
+"""Evaluation of any registry-loadable model on the prepared test split.
 
-`python -m experiments.evaluate --model-path PATH [--name NAME] [--out DIR]`
-
-Writes to `--out` (default `reports/eval/<name>/`), each file through a temporary name:
+`evaluate()` writes to its `out_dir`, each file through a temporary name:
 - `per_utterance.csv`: utt_id, length_s, perm, si_sdr, si_sdr_i, sdr, sdr_i (+ stoi/pesq and
   their improvements when `evaluate.extra_metrics` asks for them), definitions in
-  `experiments.metrics`;
+  `experiments.evaluation.metrics`;
 - `summary.json`: mean, std, 95% confidence interval (Student t) and count per metric, plus the
   environment block;
 - `examples/<utt>_{mix,ref1,ref2,est1,est2}.wav` for the first `evaluate.n_examples`
@@ -15,10 +13,8 @@ Utterances are taken in the dataset's order, the first `evaluate.max_utterances`
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +27,9 @@ from scipy import stats
 from tqdm import tqdm
 
 from experiments.atomic import atomic_path, write_text
-from experiments.config import ConfigError, load_profile, require
+from experiments.config import ConfigError, require
 from experiments.env import environment
-from experiments.metrics import check_optional_metrics, separation_metrics
+from experiments.evaluation.metrics import check_optional_metrics, separation_metrics
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -84,11 +80,12 @@ def _utt_id(raw: Any, index: int) -> str:
     return str(raw) if raw is not None else f"utt{index:05d}"
 
 
-def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str,
-             out_dir: str | Path) -> dict[str, Any]:
-    """Evaluates the model file on the test split, writes the outputs; returns the summary."""
+def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: str | Path,
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluates the model file on the test split, writes the outputs; returns the summary
+    (with `extra`'s keys added, e.g. an ablation cell's settings)."""
     from experiments.data import make_dataset
-    from experiments.models import load_model
+    from experiments.registry import load_model
 
     out_dir = Path(out_dir)
     data_cfg = require(cfg, "data")
@@ -142,27 +139,8 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str,
         "dataset": str(data_cfg["out_dir"]), "count": count,
         "metrics": {m: summarize(frame[m].tolist()) for m in metric_names},
         "env": environment(str(cfg.get("profile")), threads),
+        **(extra or {}),
     }
     write_text(out_dir / "per_utterance.csv", frame.to_csv(index=False))
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-path", required=True,
-                        help="registry package, asteroid model file or SpeechBrain folder")
-    parser.add_argument("--name", default=None, help="label (default: the file's parent name)")
-    parser.add_argument("--out", default=None, help="output folder (default reports/eval/<name>)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    name = args.name or Path(args.model_path).resolve().parent.name
-    out_dir = Path(args.out or Path("reports") / "eval" / name)
-    summary = evaluate(load_profile(args.params), args.model_path, name, out_dir)
-    brief = {m: round(s["mean"], 2) for m, s in summary["metrics"].items()}
-    print(json.dumps({"name": name, "count": summary["count"], **brief}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Report stage: paper-style tables (Markdown, LaTeX, CSV) and PNG figures from stage outputs.
+"""Paper-style tables (Markdown, LaTeX, CSV) and PNG figures from stage outputs.
 
 Every number here is read from files the earlier stages wrote (evaluation summaries, complexity
 and speed tables, training logs) or from `experiments/published.yaml`; nothing is typed by hand.
@@ -7,10 +7,7 @@ Each Markdown report ends with the environment block of the machine that generat
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.atomic import atomic_path, write_text  # noqa: E402
-from experiments.complexity import load_published  # noqa: E402
-from experiments.config import load_profile  # noqa: E402
 from experiments.env import environment, environment_markdown  # noqa: E402
+from experiments.published import PUBLISHED, load_published  # noqa: E402
 
 REPORTS = Path("reports")
 RUNS = Path("runs")
-PUBLISHED = Path("experiments/published.yaml")
-ABLATION_TAG = re.compile(r"^scales(?P<num_scales>\d+)_dstate(?P<d_state>\d+)_(?P<ssm>s4d?)$")
 # The paper's Table 2 reports Libri2Mix; the "paper vs here" table compares against that column.
 PAPER_DATASET = "libri2mix"
 
@@ -111,40 +105,27 @@ def paper_vs_here(results: pd.DataFrame, published: dict[str, Any]) -> pd.DataFr
 
 
 def load_ablation(reports: Path) -> pd.DataFrame:
+    """One row per ablation cell, its settings read from the `cell` its summary records."""
+    columns = ["num_scales", "d_state", "ssm", "si_sdri_db", "si_sdri_ci95", "sdri_db"]
     rows = []
     root = reports / "ablation"
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        match = ABLATION_TAG.match(folder.name)
-        if not match:
-            continue
-        summary = read_summary(folder)
+    for path in sorted(root.glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        cell = summary.get("cell")
+        if not isinstance(cell, dict):
+            raise ValueError(f"{path}: no `cell` settings (written by an older ablate stage; "
+                             "rerun it with `dvc repro -f ablate`)")
         si_sdri, ci = metric_stats(summary, "si_sdr_i")
-        rows.append({
-            "num_scales": int(match["num_scales"]),
-            "d_state": int(match["d_state"]),
-            "ssm": match["ssm"],
-            "si_sdri_db": si_sdri,
-            "si_sdri_ci95": ci,
-            "sdri_db": metric_stats(summary, "sdr_i")[0],
-        })
-    frame = pd.DataFrame(rows, columns=["num_scales", "d_state", "ssm", "si_sdri_db",
-                                        "si_sdri_ci95", "sdri_db"])
+        rows.append({"num_scales": int(cell["num_scales"]), "d_state": int(cell["d_state"]),
+                     "ssm": str(cell["ssm"]), "si_sdri_db": si_sdri, "si_sdri_ci95": ci,
+                     "sdri_db": metric_stats(summary, "sdr_i")[0]})
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values(["ssm", "num_scales", "d_state"], ignore_index=True)
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
+    cells = frame.astype(object).where(frame.notna(), None)  # tabulate's missingval needs None
+    return cells.to_markdown(index=False, floatfmt=".2f", missingval="–") + "\n"
 
 
 def results_display(results: pd.DataFrame) -> pd.DataFrame:
@@ -161,15 +142,12 @@ def results_display(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def latex_table(display: pd.DataFrame, caption: str) -> str:
-    cols = "l" + "r" * (len(display.columns) - 1)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-             rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(c.replace("%", r"\%") for c in display.columns) + r" \\", r"\midrule"]
-    for row in display.itertuples(index=False):
-        cells = [_fmt(v).replace("±", r"$\pm$").replace("_", r"\_") for v in row]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs table; pandas escapes LaTeX's special characters (_ % & # ...)."""
+    latex = display.style.hide(axis="index").format(precision=2, escape="latex", na_rep="--")
+    latex = latex.format_index(escape="latex", axis=1).to_latex(
+        caption=caption.replace("_", r"\_"), position="t", position_float="centering", hrules=True,
+        column_format="l" + "r" * (len(display.columns) - 1))
+    return latex.replace("±", r"$\pm$")
 
 
 def training_curves(models: list[str], runs: Path) -> dict[str, dict[str, pd.DataFrame]]:
@@ -294,15 +272,3 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     }
     write_text(reports / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    summary = build_reports(load_profile(args.params))
-    print(json.dumps(summary, indent=2, default=float))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Forward time of S4M configs and its split between SSM kernel generation and the rest.
 
-    python -m experiments.bench_s4m [--threads 1] [--seconds 4] [--repeats 5]
+    python tools/bench_s4m.py [--threads 1] [--seconds 4] [--repeats 5]   (or `make bench`)
 
 Prints, per config: params, median (and min/max) forward time on `--seconds` of audio at batch 1
 (after a warm-up), the median time of building every S4 kernel once (what each forward does

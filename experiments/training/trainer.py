@@ -1,22 +1,15 @@
-"""Training stage: one trainer for every registry model (asteroid `System` on Lightning).
+"""One trainer for every registry model (asteroid `System` on Lightning).
 
-`python -m experiments.train --model NAME [--out DIR] [--override key=value ...]`
-
-Settings come from params.yaml (`train`, `data`, `seed`, `threads`). An override `a.b=v` replaces
-the existing setting `a.b` (e.g. `train.max_steps=10`); a plain `key=v` is a constructor argument
-of the model (e.g. `num_scales=3`, as the ablation grid passes). Values are parsed as YAML.
-
-Outputs under `--out` (default `runs/<model>`): `checkpoints/{last,best}.ckpt`, `dvclive/`
-(metrics JSON and curves, rank 0), `model.pt` (registry `save_model`, best or last weights per
-`train.export`) and `train_metrics.json`. A run started again in the same folder resumes from
-`checkpoints/last.ckpt`. Data order and crops depend only on (seed, epoch, index) and the RNG
-states travel in the checkpoints, so on CPU a resumed run ends with the weights of an
-uninterrupted one.
+Settings come from params.yaml (`train`, `data`, `seed`, `threads`). Outputs under `out_dir`:
+`checkpoints/{last,best}.ckpt`, `dvclive/` (metrics JSON and curves, rank 0), `model.pt`
+(registry `save_model`, best or last weights per `train.export`) and `train_metrics.json`. A run
+started again in the same folder resumes from `checkpoints/last.ckpt`. Data order and crops
+depend only on (seed, epoch, index) and the RNG states travel in the checkpoints, so on CPU a
+resumed run ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import hashlib
@@ -46,7 +39,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from experiments.atomic import atomic_path, write_text
-from experiments.config import ConfigError, load_profile, require
+from experiments.config import ConfigError, require
 
 LOSSES = {"neg_sisdr": pairwise_neg_sisdr, "neg_snr": pairwise_neg_snr}
 TRAIN_KEYS = (
@@ -358,7 +351,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
           model_overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Trains `model_name` on the prepared data; returns train_metrics (None on ranks > 0)."""
-    from experiments.models import build_model, save_model
+    from experiments.registry import build_model, save_model
 
     started = time.monotonic()
     out_dir, model_overrides = Path(out_dir), dict(model_overrides or {})
@@ -480,27 +473,3 @@ def _same_run(last: Path, run_config: dict[str, Any]) -> bool:
         "is a checkpoint of other settings")
     print(f"train: {last} {why}; moved to {stale}, starting afresh", file=sys.stderr)
     return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="registry name (experiments.models)")
-    parser.add_argument("--out", default=None, help="output folder (default runs/<model>)")
-    parser.add_argument("--override", action="extend", nargs="+", default=[],
-                        metavar="KEY=VALUE", help="a.b=v: setting; k=v: model constructor arg")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    cfg, model_overrides = parse_overrides(args.override, load_profile(args.params))
-    out_dir = Path(args.out or Path("runs") / args.model)
-    try:
-        metrics = train(cfg, args.model, out_dir, model_overrides)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if metrics is not None:
-        print(json.dumps(metrics, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

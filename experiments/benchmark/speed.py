@@ -1,19 +1,16 @@
-"""`python -m experiments.speed`: inference time, real-time factor, training-step time and peak
-memory for every registry model.
+"""Inference time, real-time factor, training-step time and peak memory of registry models.
 
-Each model runs in its own process, forked from a multiprocessing forkserver that has imported
+Each model runs in its own process, started from a multiprocessing forkserver that has imported
 the model libraries but run nothing (so the libraries load once, not once per model), so one
 model's allocations and thread pools cannot colour the next one's numbers and the CPU peak
 memory is an honest RSS delta: the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) minus the resident set just before the measured calls. On CUDA it
 synchronises, times with CUDA events and reads `torch.cuda.max_memory_allocated` above the
-memory allocated before the calls. Writes reports/speed.csv and reports/speed.json and prints
-the issue's goal ratios.
+memory allocated before the calls.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import multiprocessing
 import os
@@ -21,20 +18,20 @@ import re
 import resource
 import statistics
 import time
-import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, fields
 from typing import Any
 from unittest import mock
 
 import torch
 from torch import nn
 
-from experiments.complexity import format_table, load_published, write_reports
-from experiments.config import ConfigError, load_profile, require
-from experiments.env import environment
+from experiments.config import ConfigError, require
 
-REGISTRY_FACTORY = "experiments.models:build_model"
+REGISTRY_FACTORY = "experiments.registry:build_model"
 MIB = 2**20
 
 COLUMNS = (
@@ -228,53 +225,33 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             **benchmark_model(model, settings, spec["sample_rate"], spec.get("seed", 0))}
 
 
-def _worker(spec: dict[str, Any], conn: Any) -> None:
-    try:
-        conn.send(("ok", run_worker(spec)))
-    except BaseException:  # reported by the parent, which names the model
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-# ---- the stage ---------------------------------------------------------------------------------
-
-
-def _forkserver() -> Any:
-    """The forkserver context; its server starts (once) with the registry's libraries imported."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
-    return ctx
+# ---- one process per model ----------------------------------------------------------------------
 
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """`run_worker(spec)` in a process of its own; a failure raises naming the model."""
-    ctx = _forkserver()
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(spec, send), daemon=True)
+    """`run_worker(spec)` in a fresh process of its own (from a forkserver that has imported the
+    registry's libraries but run nothing); a failure or a timeout raises naming the model."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
     # OMP/MKL thread counts in the environment only while the worker (and, the first time,
-    # the forkserver, whose OpenMP runtime reads them once) starts
+    # the forkserver, whose OpenMP runtime reads them once) starts: submit() starts it
     threads = str(spec["settings"]["threads"])
     with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
-        proc.start()
-    send.close()
+        future = pool.submit(run_worker, spec)
     try:
-        if not receive.poll(timeout_s):
-            raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
-                               f"speed.timeout_s={timeout_s:g} s")
-        try:
-            status, payload = receive.recv()
-        except EOFError:  # killed (out of memory, a signal) before it could report
-            proc.join()
-            status, payload = "error", f"the worker died (exit code {proc.exitcode})"
-    finally:
-        if proc.is_alive():  # past the timeout, or still exiting after its report
+        return future.result(timeout=timeout_s)
+    except FuturesTimeout:
+        for proc in list(pool._processes.values()):  # the executor cannot stop a running task
             proc.kill()
-        proc.join()
-        receive.close()
-    if status != "ok":
-        raise RuntimeError(f"speed worker for {spec['model']!r} failed:\n{payload[-3000:]}")
-    return payload
+        raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
+                           f"speed.timeout_s={timeout_s:g} s") from None
+    except BrokenProcessPool as err:  # killed (out of memory, a signal) before it could report
+        raise RuntimeError(f"speed worker for {spec['model']!r} died: {err}") from None
+    except Exception as err:
+        raise RuntimeError(f"speed worker for {spec['model']!r} failed: {err!r}") from err
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
@@ -327,38 +304,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-dir", default="reports")
-    parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
-    args = parser.parse_args(argv)
-
-    cfg = load_profile(args.params)
-    settings = SpeedSettings.from_config(cfg)
-    sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
-    names = args.models or list(require(cfg, "models"))
-    from experiments.models import check_model_names
-
-    check_model_names(names, f"{args.params}: `models`")
-    resolve_device(settings.device)  # fail before starting any worker
-    specs = [{"model": name, "factory": REGISTRY_FACTORY,
-              "kwargs": {"name": name, "sample_rate": sample_rate},
-              "sample_rate": sample_rate, "seed": seed, "settings": asdict(settings)}
-             for name in names]
-    published = load_published()
-    payload = speed_table(specs, settings.timeout_s, published)
-    payload = {"environment": environment(cfg["profile"], settings.threads,
-                                          resolve_device(settings.device)),
-               "settings": asdict(settings), **payload}
-    csv_path, json_path = write_reports(payload, args.out_dir, "speed", COLUMNS)
-    print(format_table(payload["rows"], ("model", "device", "threads", "infer_s_median",
-                                         "infer_s_min", "infer_s_max", "rtf", "train_step_s",
-                                         "peak_mem_mb", "infer_peak_mem_mb")))
-    print(format_goals(payload["summary"]))
-    print(f"wrote {csv_path} and {json_path} (timings on a shared machine are noisy)")
-
-
 def format_goals(summary: dict[str, Any]) -> str:
     lines = []
     for name, goal in summary.items():
@@ -369,7 +314,3 @@ def format_goals(summary: dict[str, Any]) -> str:
             + (f"; released code {released:.2f}" if released else "")
         )
     return "\n".join(lines) or "goal ratios need s4m_tiny with sepformer / convtasnet"
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of registry models, one process per model (`speed`)."""

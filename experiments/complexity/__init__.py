@@ -1,0 +1,1 @@
+"""MAC counting with fvcore and ptflops (`counting`), the per-model table (`macs`)."""

@@ -1,0 +1,1 @@
+"""Evaluation: separation metrics (`metrics`) and the test-split evaluation (`evaluate`)."""

@@ -1,0 +1,1 @@
+"""Reporting: paper-style tables and figures from the stages' outputs (`report`)."""

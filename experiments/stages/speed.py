@@ -1,0 +1,61 @@
+"""DVC stage `speed`: inference and training-step time and peak memory of every model in
+`models`, each in a process of its own.
+
+`python -m experiments.stages.speed [--models NAME ...] [--out-dir reports]`
+
+Writes reports/speed.csv and reports/speed.json (with the machine, threads and commit it was
+measured with) and prints S4M-tiny's goal ratios. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+import pandas as pd
+
+from experiments.atomic import write_table
+from experiments.benchmark.speed import (
+    COLUMNS,
+    REGISTRY_FACTORY,
+    SpeedSettings,
+    format_goals,
+    resolve_device,
+    speed_table,
+)
+from experiments.config import load_profile, require
+from experiments.env import environment
+from experiments.published import load_published
+from experiments.registry import check_model_names
+
+SHOWN = ("model", "device", "threads", "infer_s_median", "infer_s_min", "infer_s_max", "rtf",
+         "train_step_s", "peak_mem_mb", "infer_peak_mem_mb")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out-dir", default="reports")
+    parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
+    args = parser.parse_args(argv)
+    cfg = load_profile(args.params)
+    settings = SpeedSettings.from_config(cfg)
+    sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
+    names = args.models or list(require(cfg, "models"))
+    check_model_names(names, f"{args.params}: `models`")
+    device = resolve_device(settings.device)  # fail before starting any worker
+    specs = [{"model": name, "factory": REGISTRY_FACTORY,
+              "kwargs": {"name": name, "sample_rate": sample_rate},
+              "sample_rate": sample_rate, "seed": seed, "settings": asdict(settings)}
+             for name in names]
+    payload = speed_table(specs, settings.timeout_s, load_published())
+    payload = {"environment": environment(cfg["profile"], settings.threads, device),
+               "settings": asdict(settings), **payload}
+    csv_path, json_path = write_table(payload, args.out_dir, "speed", COLUMNS)
+    print(pd.DataFrame(payload["rows"])[list(SHOWN)].to_string(index=False, float_format="%.3f"))
+    print(format_goals(payload["summary"]))
+    print(f"wrote {csv_path} and {json_path} (timings on a shared machine are noisy)")
+
+
+if __name__ == "__main__":
+    main()

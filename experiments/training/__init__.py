@@ -1,0 +1,1 @@
+"""Training: one Lightning trainer for every registry model (`trainer.train`)."""
