@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -27,7 +27,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 def load_profile(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
-    """Top-level settings deep-merged with the active profile's blocks (profile keys win).
+    """Top-level settings deep-merged with the active profile's overrides (profile keys win).
 
     The result has `profile` (its name), `seed`, `threads`, `models`, `ablation` and the
     profile's sections (`data`, `train`, `evaluate`, ...).
@@ -39,19 +39,11 @@ def load_profile(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) 
         raise ConfigError(
             f"{path}: profile {name!r} is not defined under `profiles` (have: {sorted(profiles)})"
         )
-    cfg = _merge({k: v for k, v in params.items() if k != "profiles"}, profiles[name])
+    defaults = {k: v for k, v in params.items() if k != "profiles"}
+    merged = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(profiles[name] or {}))
+    cfg = OmegaConf.to_container(merged)  # mappings merge key by key, lists are replaced
     cfg["profile"] = name
     return cfg
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def require(cfg: dict[str, Any], dotted: str) -> Any:

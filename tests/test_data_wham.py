@@ -69,6 +69,8 @@ def test_released_scaling_is_applied_as_the_wham_scripts_do(tmp_path):
             np.testing.assert_allclose(got, signal, atol=1e-6)
     listing = json.loads((out / "WHAM/wav8k/min/json/tt/mix_both.json").read_text())
     assert [Path(p).name for p, _ in listing] == list(UTTS)
+    assert all(not Path(p).is_absolute() and (out / "WHAM/wav8k/min/tt" / p).is_file()
+               for p, _ in listing)
     assert [n for _, n in listing] == [8000 * 3, 8000 * 3 + 517]
 
 

@@ -1,4 +1,4 @@
-"""experiments.training (and its stage): resume equivalence, 2-process DDP, NaN stop, bad data, outputs."""
+"""experiments.training: resume equivalence, 2-process DDP, NaN stop, bad data, outputs."""
 
 from __future__ import annotations
 

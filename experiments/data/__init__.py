@@ -48,7 +48,7 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
                       segment=segment, return_id=return_id)
         split_dir = folder.parent.parent / name
         for col in [c for c in ds.df.columns if c.endswith("_path")]:
-            ds.df[col] = [_relocated(p, split_dir) for p in ds.df[col]]
+            ds.df[col] = [str(split_dir / p) for p in ds.df[col]]
         return ds
     if source == "wham":
         from experiments.data.wham import json_dir
@@ -60,19 +60,11 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         cls = _WhamWithIds() if return_id else WhamDataset
         ds = cls(str(folder), task, sample_rate=sample_rate, segment=segment)
         split_dir = folder.parent.parent / WHAM_SPLITS[split]
-        ds.mix = [[_relocated(p, split_dir), n] for p, n in ds.mix]
-        ds.sources = [[[_relocated(p, split_dir), n] for p, n in src] for src in ds.sources]
+        ds.mix = [[str(split_dir / p), n] for p, n in ds.mix]
+        ds.sources = [[[str(split_dir / p), n] for p, n in src] for src in ds.sources]
         return ds
     raise ConfigError(f"params.yaml: data.source must be synthetic, librimix or wham, "
                       f"got {source!r}")
-
-
-def _relocated(path: str, split_dir: Path) -> str:
-    """The absolute paths written at build time, re-rooted if the prepared folder has moved
-    since (e.g. restored from the DVC cache into another checkout)."""
-    if Path(path).is_file():
-        return path
-    return str(split_dir.resolve() / Path(path).parent.name / Path(path).name)
 
 
 def _WhamWithIds():  # noqa: N802 - returns a class; asteroid is imported lazily

@@ -405,7 +405,8 @@ def create_split(
     lengths = parallel_map(_mix_one, jobs, workers, f"mix {split} {sample_rate // 1000}k {mode}",
                            progress=progress)
     out_csv = csv_dir(out_dir, sample_rate, mode, split)
-    root = split_dir.resolve()
+    # paths relative to the split folder, so the prepared data can move (DVC cache, other clones)
+    root = Path()
     for mix_type in (t for t in MIX_TYPES if t in subdirs):
         srcs = ["source_1_path"] if mix_type == "mix_single" else ["source_1_path", "source_2_path"]
         cols = {"mixture_ID": md["mixture_ID"],

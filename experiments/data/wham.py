@@ -174,7 +174,7 @@ def build_wham(
                      mode)
                 for r in params.itertuples(index=False)]
         lengths = parallel_map(_make_one, jobs, workers, f"WHAM! {split}", progress=progress)
-        root = (target / split).resolve()
+        root = Path()  # paths relative to the split folder, so the prepared data can move
         for name in OUTPUTS:
             entries = [[str(root / name / u), n] for u, n in zip(params["utt"], lengths,
                                                                  strict=True)]
