@@ -59,7 +59,7 @@ def smoke_repo(tmp_path_factory) -> Path:
 
 def _plain(root: Path, *command: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), cwd=root, env=PLAIN_ENV, capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL)
+                          timeout=1800, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.slow
