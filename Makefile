@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup repro test lint bench clean-venv
+.PHONY: setup repro test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -18,6 +18,11 @@ lint: setup
 
 bench: setup
 	@$(BIN)/python -m experiments.bench_s4m
+
+# On a GPU machine: every model trained (fp32, bf16/fp16 autocast), evaluated and timed on CUDA.
+# Uses $(PYTHON) (default python3) and the wheels of tools/fetch_gpu_wheels.sh; see the README.
+gpu-check:
+	@bash tools/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -210,7 +210,7 @@ def _train_and_eval(name: str, precision: str, settings: CheckSettings, mix: tor
     # fp16's scaler may skip a few first steps on inf gradients; other precisions may not
     allowed = settings.steps // 4 if precision == "16-mixed" else 0
     assert skipped <= allowed, f"{skipped} steps with non-finite gradients"
-    last = sum(losses[-2:]) / 2
+    last = sum(losses[-2:]) / len(losses[-2:])  # the mean of the last two steps
     assert last < losses[0], f"loss not falling: {losses[0]:.3f} -> {last:.3f}"
     scores = evaluate(model, mix, sources, precision, settings.sample_rate)
     assert all(math.isfinite(v) for v in scores.values()), f"non-finite SI-SDR {scores}"
