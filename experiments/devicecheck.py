@@ -54,7 +54,7 @@ TINY: dict[str, dict[str, Any]] = {
 class CheckSettings:
     device: str = "cuda"  # cuda | cpu
     tiny: bool = False  # TINY configurations instead of the registry's full ones
-    steps: int = 8  # training steps per precision, all on the same batch
+    steps: int = 10  # training steps per precision, all on the same batch
     batch_size: int = 2
     segment_s: float = 1.0
     lr: float = 1e-3
@@ -207,8 +207,9 @@ def _train_and_eval(name: str, precision: str, settings: CheckSettings, mix: tor
     assert len(losses) == settings.steps, f"{len(losses)} of {settings.steps} steps ran"
     assert all(math.isfinite(v) for v in losses), f"non-finite loss: {losses}"
     skipped = record.nonfinite_grad_steps
-    # fp16's scaler may skip a few first steps on inf gradients; other precisions may not
-    allowed = settings.steps // 4 if precision == "16-mixed" else 0
+    # fp16's loss scaler skips the first steps while it lowers its scale (2**16 to start)
+    # from overflowing gradients; at least 3 steps must update. Other precisions skip none.
+    allowed = settings.steps - 3 if precision == "16-mixed" else 0
     assert skipped <= allowed, f"{skipped} steps with non-finite gradients"
     last = sum(losses[-2:]) / len(losses[-2:])  # the mean of the last two steps
     assert last < losses[0], f"loss not falling: {losses[0]:.3f} -> {last:.3f}"
