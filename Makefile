@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 unexport PYTHONPATH PYTHONHOME
 
-.PHONY: setup repro test lint bench clean-venv
+.PHONY: setup repro test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -22,6 +22,11 @@ lint: setup
 
 bench: setup
 	@python tools/bench_s4m.py
+
+# On a GPU machine: every model trained (fp32, bf16/fp16 autocast), evaluated and timed on CUDA.
+# Uses $(PYTHON) (default python3) and the wheels of tools/fetch_gpu_wheels.sh; see the README.
+gpu-check:
+	@bash tools/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -86,7 +86,16 @@ class ConvTasNetModel(_WholeLength, ConvTasNet):
 
 
 class DPRNNTasNetModel(_WholeLength, DPRNNTasNet):
+    """Under CPU autocast the masker (its LSTMs) runs in float32: oneDNN has bf16 LSTM kernels
+    only for AVX-512 CPUs and fails elsewhere. On other devices it follows autocast."""
+
     library_name = "DPRNNTasNet"
+
+    def forward_masker(self, tf_rep: torch.Tensor) -> torch.Tensor:
+        if tf_rep.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward_masker(tf_rep.float())
+        return super().forward_masker(tf_rep)
 
 
 class SuDORMRFNetModel(_WholeLength, SuDORMRFNet):

@@ -5,6 +5,11 @@ oneDNN depthwise convs, pooling and gLN are several times faster in that layout,
 plain GEMMs on the (B, T, C) view, channel LayerNorms need no copies, and broadcasting a coarse
 map over time keeps the contiguous channel axis innermost. Each local/global fusion folds its
 gLN into one broadcast multiply-add instead of materialising upsampled copies.
+
+Under autocast the convolutions and GEMMs follow it; the hand-written backward of the depthwise
+conv runs in the dtype its forward ran in (that of the incoming gradient) and accumulates its
+weight gradient in float32, and the gLN statistics of the fusions are summed in float32
+(their variance is a difference of two sums, which half precision would cancel away).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
         raise ValueError("windows must lie inside xs, whose rows must be contiguous")
     win = xs.as_strided((b, n, k, c), (xs.stride(0), stride * c, c, 1), xs.storage_offset())
     rows = max(1, _TAP_CHUNK // (k * c))
-    acc = g.new_zeros(min(rows, n), k, c)
+    acc = g.new_zeros(min(rows, n), k, c, dtype=torch.promote_types(g.dtype, torch.float32))
     for bi in range(b):
         for i in range(0, n, rows):
             e = min(i + rows, n)
@@ -119,6 +124,9 @@ class _Depthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
+        # under autocast the forward conv ran in the autocast dtype, which `grad` has; autograd
+        # casts the returned gradients back to the dtypes of x and weight
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
         s, pad, k = ctx.stride, ctx.pad, weight.shape[-1]
         g = time_major(grad)  # (B, C, T_out), (B, T_out, C) memory
         grad_x = grad_w = grad_b = None
@@ -164,7 +172,8 @@ def _align(x: Tensor, length: int) -> Tensor:
 def _moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-sample sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1), and the
     per-channel sums of q and q^2 over T ((B, C) each) they come from."""
-    sum_q, sum_sq = q.sum(1), q.square().sum(1)  # (T, C) rows: the sums vectorise over C
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 sums under autocast
+    sum_q, sum_sq = q.sum(1, dtype=acc), q.square().sum(1, dtype=acc)  # (T, C) rows: vectorised
     if w is None:
         return sum_q.sum(1), sum_sq.sum(1), sum_q, sum_sq
     return (sum_q * w).sum(1), (sum_sq * w.square()).sum(1), sum_q, sum_sq

@@ -12,11 +12,21 @@ each pair is stored):
 Both are pure functions of their parameters: nothing is cached or rewritten in a forward, so a
 forward never changes the module. SSM parameters carry `_optim = {"weight_decay": 0.0, ...}`
 (the state-spaces convention) and are collected by `s4m.optim.ssm_param_groups`.
+
+Devices and precision. Every tensor a kernel or layer makes takes the device (and dtype) of its
+parameters or inputs, so a layer runs wherever `.to(device)` put it. Under autocast (mixed
+precision, e.g. Lightning's `bf16-mixed` / `16-mixed`) the SSM kernel generation and the FFT
+convolution run in float32, as in the state-spaces code: autocast is switched off there
+(`float32_region`), the input is cast with `.float()`, and the result is cast back to the
+input's dtype. Half-precision FFTs would lose the kernel's long, slowly decaying tails (bf16
+keeps 8 significant bits), and cuFFT does half precision only for power-of-two sizes, while
+`fft_len` picks 5-smooth ones. Everything around the SSM convolution follows autocast.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +68,13 @@ def s4d_init(d_state: int, init: str) -> Tensor:
     else:
         raise ValueError(f"S4D init must be one of {INITS['s4d']}, got {init!r}")
     return torch.complex(torch.full_like(n, -0.5), imag).to(torch.complex64)
+
+
+def float32_region(device: torch.device) -> AbstractContextManager:
+    """Autocast switched off on `device` (a no-op where autocast does not exist, e.g. meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return nullcontext()
 
 
 def _conj_full(x: Tensor) -> Tensor:
@@ -113,7 +130,7 @@ class DPLRKernel(SSMKernel):
 
     def _bilinear(self, dt: Tensor, lam: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         a = torch.diag_embed(lam) - p.unsqueeze(-1) * p.conj().unsqueeze(-2)  # (H, N, N)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         half = (dt / 2)[:, None, None].to(a.dtype) * a
         return eye - half, eye + half
 
@@ -131,7 +148,7 @@ class DPLRKernel(SSMKernel):
         # The generating function at the roots of unity sums the infinite response; folding
         # (I - dA^L) into C truncates it to exactly L taps.
         c = c - torch.einsum("chn,hnm->chm", c, d_a_pow)
-        j = torch.arange(length // 2 + 1, dtype=torch.float64)
+        j = torch.arange(length // 2 + 1, dtype=torch.float64, device=lam.device)
         z = torch.polar(torch.ones_like(j), -2 * math.pi * j / length).to(lam.dtype)  # (F,)
         # 2 / ((1+z)(g - lam)) with g = 2/dt (1-z)/(1+z): the bilinear map, finite at z = -1
         cauchy = 2 / ((2 / dt)[:, None, None] * (1 - z) - (1 + z) * lam.unsqueeze(-1))  # (H,N,F)
@@ -170,7 +187,7 @@ class DiagKernel(SSMKernel):
 
     def forward(self, length: int) -> Tensor:
         dt_lam, _, d_b, c = self._zoh()
-        steps = torch.arange(length, dtype=torch.float32)
+        steps = torch.arange(length, dtype=dt_lam.real.dtype, device=dt_lam.device)
         vander = (dt_lam.unsqueeze(-1) * steps).exp()  # (H, N/2, L)
         k = torch.bmm((c * d_b).transpose(0, 1), vander)  # (H, channels, L)
         return 2 * k.real.transpose(0, 1)
@@ -221,19 +238,23 @@ class S4Layer(nn.Module):
     def kernel_fft(self, length: int) -> Tensor:
         """rfft of the (two-sided) kernel at length `fft_len(length)`: (H, n // 2 + 1)."""
         n = fft_len(length)
-        k = self.kernel(length)  # (channels, H, L)
-        parts = [k[0], k.new_zeros(k.shape[1], n - length * (1 + self.bidirectional))]
-        if self.bidirectional:
-            parts.append(k[1].flip(-1))  # lag d > 0 into the future sits at index n - d
-        return torch.fft.rfft(torch.cat(parts, -1), n=n)
+        with float32_region(self.D.device):  # float32 under autocast (module docstring)
+            k = self.kernel(length)  # (channels, H, L)
+            parts = [k[0], k.new_zeros(k.shape[1], n - length * (1 + self.bidirectional))]
+            if self.bidirectional:
+                parts.append(k[1].flip(-1))  # lag d > 0 into the future sits at index n - d
+            return torch.fft.rfft(torch.cat(parts, -1), n=n)
 
     def ssm(self, u: Tensor, k_f: Tensor | None = None) -> Tensor:
-        """The linear SSM part y = K * u + D u on (B, H, L)."""
+        """The linear SSM part y = K * u + D u on (B, H, L), computed in float32 (at least) and
+        returned in u's dtype."""
         length = u.shape[-1]
         n = fft_len(length)
         k_f = self.kernel_fft(length) if k_f is None else k_f
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :length]
-        return torch.addcmul(y, u, self.D[:, None])
+        with float32_region(u.device):
+            u_f = u.to(torch.promote_types(u.dtype, torch.float32))  # float64 stays
+            y = torch.fft.irfft(torch.fft.rfft(u_f, n=n) * k_f, n=n)[..., :length]
+            return torch.addcmul(y, u_f, self.D[:, None]).to(u.dtype)
 
     def forward(self, u: Tensor, k_f: Tensor | None = None) -> Tensor:
         # 1x1 conv + GLU as a GEMM on the (B, L, H) view; returns (B, 2H -> H, L) time-major

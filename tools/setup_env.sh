@@ -15,6 +15,16 @@ STAMP=$VENV/.installed-lock
 if [ -f "$STAMP" ] && cmp -s requirements.lock "$STAMP"; then
   exit 0
 fi
+# pyproject.toml's requires-python (the code uses datetime.UTC, new in 3.11), checked on the
+# interpreter the environment is (or will be) made of
+[ -x "$VENV/bin/python" ] && base="$VENV/bin/python" || base=$PY
+if ! "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  found=$("$base" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo "not runnable")
+  echo "setup: Python >= 3.11 is required, but $base ($(command -v "$base" || echo "not found"))" \
+       "is $found; set PYTHON to a Python 3.11+ interpreter (PYTHON=python3.12 make ...)," \
+       "after rm -rf $VENV if $VENV was made with the old one" >&2
+  exit 1
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "setup: installing requirements.lock into $VENV (about 2 minutes on a fresh machine)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock
