@@ -3,7 +3,7 @@
 For each model: a few training steps on one repeated batch in float32 and in mixed precision
 (bf16-mixed; 16-mixed too on CUDA) through the training stage's own `SeparationSystem` on a
 Lightning Trainer (loss finite and falling, gradients finite except where fp16's loss scaler
-skips a step), SI-SDR of the trained model via `experiments.metrics`, and the speed stage's
+skips a step), SI-SDR of the trained model (`experiments.evaluation.metrics`), the speed stage's
 `benchmark_model` (CUDA events and `max_memory_allocated` on a GPU). Optionally a 2-process
 DDP run (`ddp_check`), which runs in a process of its own that Lightning relaunches per rank.
 `tools/gpu_check.py` is the command line.
@@ -129,9 +129,9 @@ class _Record(pl.Callback):
 def fit(name: str, precision: str, settings: CheckSettings, mix: torch.Tensor,
         sources: torch.Tensor, devices: int = 1, strategy: str = "auto",
         ) -> tuple[torch.nn.Module, _Record, pl.Trainer]:
-    """`settings.steps` steps of `name` on (mix, sources) through experiments.train's system."""
-    from experiments.models import build_model
-    from experiments.train import SeparationSystem, build_loss, param_groups
+    """`settings.steps` steps of `name` on (mix, sources) through experiments.training's system."""
+    from experiments.registry import build_model
+    from experiments.training.trainer import SeparationSystem, build_loss, param_groups
 
     pl.seed_everything(settings.seed, verbose=False)
     model = build_model(name, sample_rate=settings.sample_rate, **settings.overrides(name))
@@ -159,8 +159,8 @@ def fit(name: str, precision: str, settings: CheckSettings, mix: torch.Tensor,
 def evaluate(model: torch.nn.Module, mix: torch.Tensor, sources: torch.Tensor,
              precision: str, sample_rate: int) -> dict[str, float]:
     """Mean SI-SDR and SI-SDRi (dB) of the model's estimates, inferred on the model's device
-    (under the precision's autocast), scored on the CPU by experiments.metrics."""
-    from experiments.metrics import separation_metrics
+    (under the precision's autocast), scored on the CPU by experiments.evaluation.metrics."""
+    from experiments.evaluation.metrics import separation_metrics
 
     device = next(model.parameters()).device
     dtype = autocast_dtype(precision)
@@ -174,9 +174,9 @@ def evaluate(model: torch.nn.Module, mix: torch.Tensor, sources: torch.Tensor,
 
 
 def speed(name: str, settings: CheckSettings) -> dict[str, Any]:
-    """experiments.speed.benchmark_model on the check's device."""
-    from experiments.models import build_model
-    from experiments.speed import SpeedSettings, benchmark_model
+    """experiments.benchmark.speed.benchmark_model on the check's device."""
+    from experiments.benchmark.speed import SpeedSettings, benchmark_model
+    from experiments.registry import build_model
 
     bench = SpeedSettings(device=settings.device, threads=settings.threads,
                           infer_seconds=settings.speed_infer_s, warmup=1,

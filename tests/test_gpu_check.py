@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.models import MODEL_NAMES
+from experiments.registry import REGISTRY
 from tools.gpu_check import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def test_cpu_run_of_the_check_passes_for_every_model() -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout.split("gpu_check on cpu", 1)[1]
-    for name in MODEL_NAMES:
+    for name in list(REGISTRY):
         for check in ("train+eval 32-true", "train+eval bf16-mixed", "speed"):
             row = re.search(rf"^{name}\s+{re.escape(check)}\s+(\S+)\s+\S+\s+(.*)$", table, re.M)
             assert row and row.group(1) == "ok", f"{name} {check}: {row and row.group(0)}"

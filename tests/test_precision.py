@@ -1,5 +1,5 @@
 """Mixed precision (issue 12, item 3), on the CPU: one bf16-mixed training step per registry
-model through experiments.train; S4M under bf16 autocast against float32; the SSM kernel and
+model through experiments.training; S4M under bf16 autocast against float32; the SSM kernel and
 FFT convolution in float32 under autocast and for half-precision inputs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from experiments import train as train_module
 from experiments.config import load_profile
 from experiments.data.synthetic import build_synthetic_dataset
 from experiments.devicecheck import TINY, synthetic_batch
-from experiments.models import MODEL_NAMES, build_model
+from experiments.registry import REGISTRY, build_model
 from s4m.ssm import S4Layer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_one_bf16_mixed_training_step(prepared: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     seen: dict[str, Any] = {"losses": [], "grads_finite": []}

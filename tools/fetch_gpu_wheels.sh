@@ -14,8 +14,8 @@ LIMIT_MIB=64  # the GPU machine's transfer limit for the working tree and the wh
 PACKAGES=(
   asteroid asteroid-filterbanks torch-optimizer pytorch-ranger  # baselines, asteroid.engine
   HyperPyYAML ruamel.yaml                                       # speechbrain
-  soundfile cffi                                                # experiments.train
-  fvcore iopath termcolor ptflops                               # experiments.speed (counting)
+  soundfile cffi                                                # experiments.training
+  fvcore iopath termcolor ptflops                               # experiments.complexity, benchmark
 )
 SPEECHBRAIN=speechbrain==1.1.2  # installed by tools/setup_env.sh, not in requirements.lock
 SOURCE_ONLY=(fvcore iopath)

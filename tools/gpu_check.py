@@ -30,7 +30,7 @@ from experiments.devicecheck import (  # noqa: E402
     run_checks,
     tiny_settings,
 )
-from experiments.models import MODEL_NAMES  # noqa: E402
+from experiments.registry import REGISTRY  # noqa: E402
 
 BUDGET_S = 480  # the bound for one modern GPU
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true",
                         help="small model configurations and signals (CPU-sized)")
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    parser.add_argument("--models", nargs="+", choices=list(REGISTRY), default=list(REGISTRY))
     parser.add_argument("--steps", type=int, help="training steps per precision")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--ddp", choices=("auto", "on", "off"), default="auto",
