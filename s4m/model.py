@@ -12,7 +12,8 @@ from asteroid.models.base_models import BaseModel
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import GlobLN, MultiScaleBlock, conv1d
+from .blocks import Conv1d, GlobLN, MultiScaleBlock
+from .optim import ssm_param_groups
 from .ssm import INITS, SSM_KINDS
 
 
@@ -84,17 +85,17 @@ class S4M(BaseModel):
         self.encoder = nn.Conv1d(1, self.n_filters, kernel, self.enc_stride, bias=False)
         nn.init.xavier_uniform_(self.encoder.weight)
         self.ln = GlobLN(self.n_filters)
-        self.bottleneck = nn.Conv1d(self.n_filters, bottleneck_channels, 1)
+        self.bottleneck = Conv1d(self.n_filters, bottleneck_channels, 1)
         self.block = MultiScaleBlock(
             bottleneck_channels, hidden_channels, num_scales,
             resolve_scales(s4_scales, num_scales), d_state=d_state, ssm=ssm, init=ssm_init,
             bidirectional=bidirectional,
         )
-        self.concat_conv = nn.Conv1d(bottleneck_channels, bottleneck_channels, 1,
-                                     groups=bottleneck_channels)
+        self.concat_conv = Conv1d(bottleneck_channels, bottleneck_channels, 1,
+                                  groups=bottleneck_channels)
         self.concat_act = nn.PReLU()
         self.mask_net = nn.Sequential(
-            nn.PReLU(), nn.Conv1d(bottleneck_channels, n_src * self.n_filters, 1)
+            nn.PReLU(), Conv1d(bottleneck_channels, n_src * self.n_filters, 1)
         )
         self.decoder = nn.ConvTranspose1d(n_src * self.n_filters, n_src, kernel, self.enc_stride,
                                           bias=False)
@@ -116,7 +117,7 @@ class S4M(BaseModel):
             raise ValueError(f"S4M input is empty: shape {tuple(wav.shape)}")
         return wav.to(self.encoder.weight.dtype)
 
-    def _frames(self, length: int) -> int:
+    def num_frames(self, length: int) -> int:
         """Encoder frames covering `length` samples with full overlap at both ends, rounded up
         to a multiple of 2**(num_scales-1) so every scale halves exactly."""
         k, s = self.enc_kernel, self.enc_stride
@@ -127,12 +128,23 @@ class S4M(BaseModel):
         """(B, T) or (B, 1, T) -> (B, n_src, T); a 1-D (T,) input gives (n_src, T)."""
         one_d = isinstance(wav, Tensor) and wav.ndim == 1
         wav = self._check_input(wav.unsqueeze(0) if one_d else wav)
-        batch, length = wav.shape
-        k, s = self.enc_kernel, self.enc_stride
-        frames = self._frames(length)
+        feats = self.forward_encoder(wav)
+        est = self.forward_decoder(self.apply_masks(feats, self.forward_masker(feats)),
+                                   wav.shape[-1])
+        return est[0] if one_d else est
+
+    def forward_encoder(self, wav: Tensor) -> Tensor:
+        """(B, T) -> (B, n_filters, frames), the waveform zero-padded to `num_frames(T)`."""
+        k, s, length = self.enc_kernel, self.enc_stride, wav.shape[-1]
+        frames = self.num_frames(length)
         wav = F.pad(wav, (k - s, (frames - 1) * s + s - length))  # total (frames-1)*s + k
-        feats = self.encoder(wav.unsqueeze(1))  # (B, F, frames)
-        mixture = conv1d(self.bottleneck, self.ln(feats))  # (B, 128, frames), time-major
+        return self.encoder(wav.unsqueeze(1))
+
+    def forward_masker(self, feats: Tensor) -> Tensor:
+        """(B, n_filters, frames) -> masks (B, n_src, n_filters, frames): gLN, bottleneck, the
+        shared block `num_blocks` times, mask head."""
+        batch, _, frames = feats.shape
+        mixture = self.bottleneck(self.ln(feats))  # (B, bottleneck, frames)
         kernels = self.block.kernel_ffts(frames)
         run = self.block
         if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -140,12 +152,25 @@ class S4M(BaseModel):
                 return checkpoint(self.block, x, kernels, use_reentrant=False)
         y = run(mixture, kernels)
         for _ in range(self.num_blocks - 1):
-            y = run(self.concat_act(conv1d(self.concat_conv, mixture + y)), kernels)
-        act, head = self.mask_net
-        masks = F.relu(conv1d(head, act(y))).reshape(batch, self.n_src, self.n_filters, frames)
-        est = self.decoder((masks * feats.unsqueeze(1)).flatten(1, 2))
-        est = est[..., k - s: k - s + length]
-        return est[0] if one_d else est
+            y = run(self.concat_act(self.concat_conv(mixture + y)), kernels)
+        masks = F.relu(self.mask_net(y))
+        return masks.reshape(batch, self.n_src, self.n_filters, frames)
+
+    def apply_masks(self, feats: Tensor, masks: Tensor) -> Tensor:
+        """(B, n_filters, frames) x (B, n_src, n_filters, frames) -> masked features."""
+        return masks * feats.unsqueeze(1)
+
+    def forward_decoder(self, masked: Tensor, length: int) -> Tensor:
+        """(B, n_src, n_filters, frames) -> (B, n_src, length) waveforms."""
+        est = self.decoder(masked.flatten(1, 2))
+        start = self.enc_kernel - self.enc_stride
+        return est[..., start: start + length]
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0,
+                     ssm_lr: float | None = None) -> list[dict]:
+        """Optimizer parameter groups: SSM parameters without weight decay and with `ssm_lr`
+        (see `s4m.optim.ssm_param_groups`), the rest with `lr` and `weight_decay`."""
+        return ssm_param_groups(self, lr, weight_decay, ssm_lr)
 
     def serialize(self) -> dict:
         """asteroid's package with plain-str versions, so it loads with weights_only=True."""

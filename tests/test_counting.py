@@ -66,15 +66,6 @@ class Det(nn.Module):
         return torch.linalg.det(x)
 
 
-class S4MDepthwise(nn.Module):
-    """S4M's depthwise conv path: a custom autograd Function, opaque in fvcore's trace."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv1d(4, 4, 5, stride=2, padding=2, groups=4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blocks.conv1d(self.conv, x)
 
 
 def _both(model: nn.Module, x: torch.Tensor, **kw) -> tuple[float, float]:
@@ -86,7 +77,9 @@ CASES = {
     "linear": (nn.Linear(8, 16), (1, 5, 8), 5 * 8 * 16),
     "conv": (nn.Conv1d(4, 6, 3, padding=1), (1, 4, 20), 6 * 4 * 3 * 20),
     "depthwise_conv": (nn.Conv1d(4, 4, 3, padding=1, groups=4), (1, 4, 20), 4 * 3 * 20),
-    "s4m_depthwise_function": (S4MDepthwise(), (1, 4, 20), 4 * 5 * 10),
+    # S4M's depthwise conv on its fused (time-major, custom-backward) path
+    "s4m_depthwise": (blocks.Conv1d(4, 4, 5, stride=2, padding=2, groups=4), (1, 4, 20),
+                      4 * 5 * 10),
     "avg_pool": (nn.AvgPool1d(2), (1, 4, 20), 4 * 20),  # one add per input element
     "conv_transpose": (nn.ConvTranspose1d(4, 6, 4, stride=2), (1, 4, 20), 4 * 6 * 4 * 20),
     # 3 real FFTs of n = 128 over 4 channels, 1.25 n log2 n each; complex product: 4 per bin

@@ -12,11 +12,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from experiments import train as train_module
 from experiments.config import load_profile
 from experiments.data.synthetic import build_synthetic_dataset
 from experiments.devicecheck import TINY, synthetic_batch
 from experiments.registry import REGISTRY, build_model
+from experiments.training import trainer as train_module
 from s4m.ssm import S4Layer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,11 @@
-"""S4M model: configs, shapes, input checks, serialization, purity, checkpointing, param groups."""
+"""S4M model: configs, shapes, input checks, serialization, purity, checkpointing, param groups,
+the fused CPU path against the plain reference modules."""
 
 import pytest
 import torch
 
-from s4m import CONFIGS, S4M, build_s4m, ssm_param_groups
+from s4m import CONFIGS, S4M, SSM_MODULES, build_s4m, fused, ssm_param_groups
+from s4m.blocks import Conv1d, Fusion, GlobLN
 from s4m.ssm import SSMKernel
 
 SMALL = dict(hidden_channels=32, bottleneck_channels=16, num_blocks=2, d_state=4)
@@ -137,51 +139,59 @@ def test_ssm_param_groups():
     default = ssm_param_groups(model, lr=2e-3)
     assert [g["lr"] for g in default] == [2e-3, 2e-3] and default[1]["weight_decay"] == 0.0
     torch.optim.AdamW(groups).step()  # accepted by a torch optimizer
+    own = model.param_groups(lr=1e-3, weight_decay=0.01, ssm_lr=5e-4)  # the trainer's hook
+    fresh = ssm_param_groups(model, lr=1e-3, weight_decay=0.01, ssm_lr=5e-4)
+    assert [{**g, "params": list(map(id, g["params"]))} for g in own] == [
+        {**g, "params": list(map(id, g["params"]))} for g in fresh]
+
+
+def test_ssm_modules_are_the_s4_layers_and_kernels():
+    model = build_s4m("s4m", **SMALL)
+    ssm = [m for m in model.modules() if isinstance(m, SSM_MODULES)]
+    assert len(ssm) == 2 * len(model.block.ssm_layers())  # each S4Layer and its kernel
+    assert {type(m).__name__ for m in ssm} == {"S4Layer", "DPLRKernel"}
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("length", [1, 2, 3, 6, 9, 16])
 def test_depthwise_backward_gradcheck(stride, length):
-    from s4m.blocks import _Depthwise
+    from s4m.fused import Depthwise
     torch.manual_seed(0)
     x = torch.randn(2, length, 3, dtype=torch.float64).transpose(1, 2).requires_grad_()
     w = torch.randn(3, 1, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: _Depthwise.apply(x, w, b, stride, 2), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: Depthwise.apply(x, w, b, stride, 2), (x, w, b))
     ref = torch.nn.functional.conv1d(x, w, b, stride, 2, 1, 3)
-    assert torch.allclose(_Depthwise.apply(x, w, b, stride, 2), ref)
+    assert torch.allclose(Depthwise.apply(x, w, b, stride, 2), ref)
 
 
 def test_depthwise_weight_grad_chunks(monkeypatch):
-    from s4m import blocks
     torch.manual_seed(0)
     x = torch.randn(2, 3, 37, dtype=torch.float64)
     w = torch.randn(3, 1, 5, dtype=torch.float64)
     g = torch.randn(2, 3, 19, dtype=torch.float64)
     ref = torch.ops.aten.convolution_backward(g, x, w, None, (2,), (2,), (1,), False, (0,), 3,
                                               (True, True, False))
-    monkeypatch.setattr(blocks, "_TAP_CHUNK", 5 * 3 * 4)  # 4-row chunks, a partial last one
-    xt = blocks.time_major(x).requires_grad_()
+    monkeypatch.setattr(fused, "_TAP_CHUNK", 5 * 3 * 4)  # 4-row chunks, a partial last one
+    xt = fused.time_major(x).requires_grad_()
     wt = w.clone().requires_grad_()
-    blocks._Depthwise.apply(xt, wt, None, 2, 2).backward(g)
+    fused.Depthwise.apply(xt, wt, None, 2, 2).backward(g)
     assert torch.allclose(xt.grad, ref[0]) and torch.allclose(wt.grad, ref[1])
 
 
 @pytest.mark.parametrize("scaled", [False, True])
 def test_fusion_functions_gradcheck(scaled):
-    from s4m.blocks import _Modulate, _Moments
     torch.manual_seed(0)
     q = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
-    assert torch.autograd.gradcheck(lambda q, w: _Moments.apply(q, w), (q, w))
+    assert torch.autograd.gradcheck(lambda q, w: fused.Moments.apply(q, w), (q, w))
     coef, bias = (torch.randn(2, 4, 1, 3, dtype=torch.float64, requires_grad=True)
                   for _ in range(2))
-    assert torch.autograd.gradcheck(_Modulate.apply, (q.view(2, 4, 2, 3), coef, bias))
+    assert torch.autograd.gradcheck(fused.Modulate.apply, (q.view(2, 4, 2, 3), coef, bias))
 
 
 @pytest.mark.parametrize("kernel", [1, 5])
 def test_fusion_same_with_and_without_grad(kernel):
-    from s4m.blocks import Fusion
     torch.manual_seed(0)
     fusion = Fusion(6, kernel).double()
     local, glob = (torch.randn(2, 6, n, dtype=torch.float64) for n in (16, 4))
@@ -190,3 +200,74 @@ def test_fusion_same_with_and_without_grad(kernel):
     assert torch.allclose(fusion(local, glob), ref)
     local.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: fusion(x, glob), (local,))
+
+
+def _outputs_and_grads(module, inputs, reference: bool):
+    """module(*inputs) and the gradients of a loss on it (inputs and parameters)."""
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    module.zero_grad(set_to_none=True)
+    with fused.enabled(not reference):
+        out = module(*inputs)
+    out.square().mean().backward()
+    grads = [x.grad for x in inputs] + [p.grad for p in module.parameters()]
+    return out.detach(), grads
+
+
+def _same(a, b):
+    assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=1),  # pointwise: a GEMM
+    dict(kernel_size=1, groups=6),  # depthwise 1x1: a multiply-add
+    dict(kernel_size=1, groups=6, bias=False),
+    dict(kernel_size=5, padding=2, groups=6),  # depthwise: the Depthwise Function
+    dict(kernel_size=5, padding=2, stride=2, groups=6, bias=False),
+    dict(kernel_size=3, padding=1, stride=2, groups=2),  # grouped: channels-last conv2d
+])
+def test_fused_conv_and_norm_match_reference(conv):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 17, dtype=torch.float64)
+    layer = torch.nn.Sequential(Conv1d(6, 6, **conv), GlobLN(6)).double()
+    ref, fast = (_outputs_and_grads(layer, [x], reference) for reference in (True, False))
+    _same(fast[0], ref[0])
+    for g_fast, g_ref in zip(fast[1], ref[1], strict=True):
+        _same(g_fast, g_ref)
+
+
+@pytest.mark.parametrize("kernel, glob_len", [(1, 4), (5, 4), (5, 32)])  # 32: finer "global"
+def test_fused_fusion_matches_reference(kernel, glob_len):
+    torch.manual_seed(0)
+    fusion = Fusion(6, kernel).double()
+    with torch.no_grad():  # non-trivial gLN affines
+        for p in fusion.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    inputs = [torch.randn(2, 6, 16, dtype=torch.float64), torch.randn(2, 6, glob_len,
+                                                                       dtype=torch.float64)]
+    ref, fast = (_outputs_and_grads(fusion, inputs, reference) for reference in (True, False))
+    _same(fast[0], ref[0])
+    for g_fast, g_ref in zip(fast[1], ref[1], strict=True):
+        _same(g_fast, g_ref)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("s4m_tiny", {}), ("s4m", {}), ("s4m", dict(num_scales=3, ssm="s4d")),
+])
+def test_fused_model_matches_reference(name, overrides):
+    """The whole model in float64: outputs and every parameter's gradient, both paths."""
+    torch.manual_seed(0)
+    model = build_s4m(name, **{**SMALL, **overrides}).double().train()
+    wav = torch.randn(2, 300, dtype=torch.float64)
+    ref, fast = (_outputs_and_grads(model, [wav], reference) for reference in (True, False))
+    _same(fast[0], ref[0])
+    assert ref[0].abs().max() > 1e-3
+    names = ["wav"] + [k for k, _ in model.named_parameters()]
+    for name, g_fast, g_ref in zip(names, fast[1], ref[1], strict=True):
+        if g_ref is None:  # the unused coarsest fusion (see MultiScaleBlock)
+            assert g_fast is None and name.startswith("block.fuse."), name
+            continue
+        assert torch.allclose(g_fast, g_ref, rtol=1e-8, atol=1e-11), name
+    model.eval()
+    with torch.no_grad():
+        _same(model(wav), ref[0])  # the fused path without autograd (plain aten ops)
+    assert fused.is_enabled()

@@ -34,7 +34,7 @@ def bench(name: str, seconds: float, sample_rate: int, warmup: int, repeats: int
     torch.manual_seed(0)
     model = build_s4m(name, sample_rate=sample_rate).eval()
     wav = torch.randn(1, int(seconds * sample_rate))
-    frames = model._frames(wav.shape[-1])
+    frames = model.num_frames(wav.shape[-1])
     with torch.no_grad():
         fwd = _times(lambda: model(wav), warmup, repeats)
         kern = _times(lambda: model.block.kernel_ffts(frames), warmup, repeats)

@@ -267,11 +267,6 @@ def _avg_pool(args, outs, in_ssm):
     return Counter({ELEMENTWISE: args[0].numel})
 
 
-def _depthwise_function(args, outs, in_ssm):
-    """s4m.blocks._Depthwise (x, weight (C, 1, K), bias, stride, pad): K taps per output."""
-    return _matmul(outs[0].numel * args[1].shape[-1], args, outs)
-
-
 # Names shared by the trace (aten::name) and the dispatcher (aten.name); in-place twins added below.
 _ELEMENTWISE_COSTS: dict[str, Cost] = {
     **{n: _elementwise(2) for n in ("add", "sub", "rsub", "neg", "conj_physical")},
@@ -333,10 +328,6 @@ _JIT_ONLY: dict[str, Cost] = {
     "batch_norm": _norm(1, training_arg=5),
 }
 
-# Custom autograd Functions appear in fvcore's trace as opaque `prim::PythonOp.<name>` nodes
-# (ptflops sees the aten ops they dispatch to instead).
-_PYTHON_OPS: dict[str, Cost] = {"_Depthwise": _depthwise_function}
-
 _DISPATCH_ONLY: dict[str, Cost] = {
     **{n: _attention for n in (
         "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
@@ -368,8 +359,10 @@ DISPATCH_COSTS = _cost_table(_DISPATCH_ONLY)  # keyed "name" for torch.ops.aten.
 
 
 def is_ssm_module(module: nn.Module) -> bool:
-    """Default SSM scope: modules defined in `s4m.ssm` (S4 layers and their kernel generators)."""
-    return type(module).__module__ == "s4m.ssm"
+    """Default SSM scope: s4m's `SSM_MODULES` (S4 layers and their kernel generators)."""
+    from s4m import SSM_MODULES  # here: counting the baselines needs no s4m
+
+    return isinstance(module, SSM_MODULES)
 
 
 def _ssm_names(model: nn.Module, scope: Callable[[nn.Module], bool]) -> set[str]:
@@ -467,7 +460,7 @@ def _from_jit(value: Any) -> Any:
 
 
 def _fvcore_handle(op: str, cost: Cost, ssm_names: set[str]) -> Callable:
-    """A handle for the traced node `op` ("aten::name" or "prim::PythonOp.name")."""
+    """A handle for the traced node `op` ("aten::name")."""
     def handle(inputs: list, outputs: list) -> Counter:
         scope = outputs[0].node().scopeName() if outputs else ""
         in_ssm = any(part in ssm_names for part in scope.split("/"))
@@ -489,10 +482,8 @@ def count_fvcore(
         if ours:
             names = _ssm_names(model, ssm_scope)
             analysis.clear_op_handles()
-            ops = {f"aten::{op}": cost for op, cost in JIT_COSTS.items()}
-            ops.update({f"prim::PythonOp.{fn}": cost for fn, cost in _PYTHON_OPS.items()})
-            analysis.set_op_handle(**{op: _fvcore_handle(op, cost, names)
-                                      for op, cost in ops.items()})
+            analysis.set_op_handle(**{f"aten::{op}": _fvcore_handle(f"aten::{op}", cost, names)
+                                      for op, cost in JIT_COSTS.items()})
         total = float(analysis.total())
         counts = analysis.by_operator()
         uncounted = _arithmetic_only(analysis.unsupported_ops())

@@ -325,11 +325,11 @@ def build_loss(name: str) -> torch.nn.Module:
 
 
 def param_groups(model: torch.nn.Module, train: dict[str, Any]) -> list[dict[str, Any]]:
-    """S4M's own groups (SSM params: no weight decay, their own lr) when it has SSM params."""
-    from s4m import S4M, ssm_param_groups
-
-    if isinstance(model, S4M):
-        return ssm_param_groups(model, train["lr"], train["weight_decay"], train["ssm_lr"])
+    """The model's own groups where it defines `param_groups(lr, weight_decay, ssm_lr)` (S4M:
+    SSM params without weight decay, with their own lr), else one group."""
+    own = getattr(model, "param_groups", None)
+    if callable(own):
+        return own(train["lr"], train["weight_decay"], train["ssm_lr"])
     return [{"params": [p for p in model.parameters() if p.requires_grad],
              "weight_decay": train["weight_decay"]}]
 

@@ -1,0 +1,290 @@
+"""CPU fast path of the multi-scale block: the same maths as `s4m.blocks`' plain modules, in a
+memory layout and with backward passes that suit a CPU.
+
+Maps are (B, C, T) but stored time-major ((B, T, C) memory, "channels-last"): on CPU the
+oneDNN depthwise convs, pooling and gLN are several times faster in that layout, 1x1 convs are
+plain GEMMs on the (B, T, C) view, channel LayerNorms need no copies, and broadcasting a coarse
+map over time keeps the contiguous channel axis innermost. Each local/global fusion folds its
+gLN into one broadcast multiply-add instead of materialising upsampled copies.
+
+The autograd Functions below exist for their hand-written backward passes; when nothing needs a
+gradient (inference, the MAC counters) the same forward runs as plain aten ops. Under autocast
+the convolutions and GEMMs follow it; the depthwise conv's backward runs in the dtype its forward
+ran in (that of the incoming gradient) and accumulates its weight gradient in float32, and the
+gLN statistics are summed in float32 (a variance is a difference of two sums, which half
+precision would cancel away).
+
+`s4m.blocks` uses this path while `is_enabled()`; `enabled(False)` gives the reference path
+(plain torch modules) that the tests compare it with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .blocks import Fusion
+
+_ENABLED = True
+
+
+def is_enabled() -> bool:
+    """Whether `s4m.blocks` runs the fused path (the default)."""
+    return _ENABLED
+
+
+@contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """Run the fused path (True) or the plain reference path (False) inside the block."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, flag
+    try:
+        yield
+    finally:
+        _ENABLED = previous
+
+
+def _autograd(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors (then the hand-written backward pays)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ---- layout ------------------------------------------------------------------------------------
+
+
+def time_major(x: Tensor) -> Tensor:
+    """(B, C, T) with (B, T, C) memory; a no-op when already so."""
+    return x if x.stride(1) == 1 else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def pointwise(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """1x1 conv (weight (C_out, C_in, 1)) of a (B, C_in, T) map as a GEMM on its (B, T, C) view."""
+    return F.linear(time_major(x).transpose(1, 2), weight[..., 0], bias).transpose(1, 2)
+
+
+def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """`conv(x)` on a time-major map, kept time-major: 1x1 convs as GEMMs, depthwise 1x1 convs as
+    a per-channel multiply-add (torch's CPU grouped conv loops over groups for them), other
+    convs as unit-height conv2d (oneDNN's channels-last path)."""
+    if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.stride[0] == 1:
+        return pointwise(conv.weight, conv.bias, x)
+    if conv.kernel_size[0] == 1 and conv.groups > 1 and conv.groups == conv.in_channels:
+        w = conv.weight[:, 0]  # (C, 1)
+        return x * w if conv.bias is None else torch.addcmul(conv.bias[:, None], x, w)
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return depthwise(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
+    y = F.conv2d(time_major(x)[:, :, None], conv.weight[:, :, None], conv.bias,
+                 (1, conv.stride[0]), (0, conv.padding[0]), 1, conv.groups)
+    return y.squeeze(2)
+
+
+def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+    """Global layer norm of a (B, C, T) map through the channels-last group norm."""
+    return F.group_norm(time_major(x)[:, :, None], 1, gamma, beta, eps).squeeze(2)
+
+
+def avg_pool(x: Tensor, r: int) -> Tensor:
+    """Average pooling by `r` along time, channels-last."""
+    return F.avg_pool2d(time_major(x)[:, :, None], (1, r)).squeeze(2)
+
+
+# ---- depthwise conv ----------------------------------------------------------------------------
+
+
+def depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
+    """Depthwise conv of a (B, C, T) map (weight (C, 1, K)), time-major out."""
+    if _autograd(x, weight, bias):
+        return Depthwise.apply(x, weight, bias, stride, pad)
+    return _depthwise(x, weight, bias, stride, pad)
+
+
+def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
+    y = F.conv2d(time_major(x)[:, :, None], weight[:, :, None], bias, (1, stride), (0, pad), 1,
+                 x.shape[1])
+    return y.squeeze(2)
+
+
+_TAP_CHUNK = 1 << 18  # elements of the (rows, K, C) weight-gradient accumulator: ~L2-sized
+
+
+def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
+    """(K, C): sum over b, i of xs[b, stride * i + j] * g[b, i] for taps j < K.
+
+    xs (B, L, C) with rows of C contiguous, g (B, n, C). The (B, n, K, C) window products are
+    accumulated a chunk of rows at a time into a cache-resident buffer, never materialised."""
+    b, n, c = g.shape
+    if stride * (n - 1) + k > xs.shape[1] or xs.stride(1) != c or xs.stride(2) != 1:
+        raise ValueError("windows must lie inside xs, whose rows must be contiguous")
+    win = xs.as_strided((b, n, k, c), (xs.stride(0), stride * c, c, 1), xs.storage_offset())
+    rows = max(1, _TAP_CHUNK // (k * c))
+    acc = g.new_zeros(min(rows, n), k, c, dtype=torch.promote_types(g.dtype, torch.float32))
+    for bi in range(b):
+        for i in range(0, n, rows):
+            e = min(i + rows, n)
+            acc[: e - i].addcmul_(win[bi, i:e], g[bi, i:e, None])
+    return acc.sum(0)
+
+
+def _depthwise_weight_grad(x: Tensor, g: Tensor, k: int, stride: int, pad: int) -> Tensor:
+    """(C, K) weight gradient of a depthwise conv; x (B, T, C), g (B, T_out, C) contiguous.
+    Outputs whose windows lie inside x read it in place; only the few edge windows see a
+    zero-padded copy (of at most K rows)."""
+    t, n = x.shape[1], g.shape[1]
+    first, end = -(-pad // stride), (t + pad - k) // stride + 1  # outputs [first, end) inside x
+    if end <= first:  # short input: pad it all
+        return _tap_sums(F.pad(x, (0, 0, pad, pad)), g, k, stride).t()
+    grad_w = _tap_sums(x[:, stride * first - pad:], g[:, first:end], k, stride)
+    if first > 0:
+        left = F.pad(x[:, : stride * (first - 1) + k - pad], (0, 0, pad, 0))
+        grad_w += _tap_sums(left, g[:, :first], k, stride)
+    if end < n:
+        right = x[:, stride * end - pad:]
+        right = F.pad(right, (0, 0, 0, stride * (n - 1 - end) + k - right.shape[1]))
+        grad_w += _tap_sums(right, g[:, end:], k, stride)
+    return grad_w.t()
+
+
+class Depthwise(torch.autograd.Function):
+    """Depthwise conv with a hand-written backward: oneDNN's depthwise backward on CPU is ~40x
+    its forward. grad_input is a depthwise transposed conv of the output gradient (oneDNN's
+    deconvolution is as fast as the forward); grad_weight is K shifted products summed over
+    (B, T) on the time-major views (`_tap_sums`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
+                pad: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.pad, ctx.has_bias = stride, pad, bias is not None
+        return _depthwise(x, weight, bias, stride, pad)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        # under autocast the forward conv ran in the autocast dtype, which `grad` has; autograd
+        # casts the returned gradients back to the dtypes of x and weight
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
+        s, pad, k = ctx.stride, ctx.pad, weight.shape[-1]
+        g = time_major(grad)  # (B, C, T_out), (B, T_out, C) memory
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # output_padding: input samples past the last window (strided convs)
+            extra = (x.shape[-1] + 2 * pad - k) % s
+            grad_x = F.conv_transpose2d(g[:, :, None], weight[:, :, None], None, (1, s),
+                                        (0, pad), (0, extra), x.shape[1]).squeeze(2)
+        g_t = g.transpose(1, 2).contiguous()  # (B, T_out, C); a no-op unless g is a slice
+        if ctx.needs_input_grad[1]:
+            x_t = time_major(x).transpose(1, 2).contiguous()  # (B, T, C)
+            grad_w = _depthwise_weight_grad(x_t, g_t, k, s, pad)[:, None]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g_t.sum((0, 1))
+        return grad_x, grad_w, grad_b, None, None
+
+
+# ---- fusion ------------------------------------------------------------------------------------
+
+
+def _align(x: Tensor, length: int) -> Tensor:
+    """Nearest resampling along time for integer ratios: (B, C, T) -> (B, T', 1, C), which
+    broadcasts over a (B, T', r, C) view of a time-major (B, C, T' * r) map."""
+    x = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
+    if x.shape[1] > length:  # released top-down quirk: a finer map used as "global" input
+        x = x[:, :: x.shape[1] // length]
+    return x[:, :, None]
+
+
+def _moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1), and the
+    per-channel sums of q and q^2 over T ((B, C) each) they come from."""
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 sums under autocast
+    sum_q, sum_sq = q.sum(1, dtype=acc), q.square().sum(1, dtype=acc)  # (T, C) rows: vectorised
+    if w is None:
+        return sum_q.sum(1), sum_sq.sum(1), sum_q, sum_sq
+    return (sum_q * w).sum(1), (sum_sq * w.square()).sum(1), sum_q, sum_sq
+
+
+def moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(B,) sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1)."""
+    if _autograd(q, w):
+        return Moments.apply(q, w)
+    return _moments(q, w)[:2]
+
+
+class Moments(torch.autograd.Function):
+    """`moments` with a one-pass backward, d/dq = g1 w + 2 g2 w^2 q: autograd's square-and-
+    sum backward makes three full-size temporaries."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
+        s1, s2, sum_q, sum_sq = _moments(q, w)
+        ctx.save_for_backward(q, w, sum_q, sum_sq)
+        return s1, s2
+
+    @staticmethod
+    def backward(ctx, g1: Tensor, g2: Tensor):
+        q, w, sum_q, sum_sq = ctx.saved_tensors
+        g1, g2 = g1[:, None], 2 * g2[:, None]  # (B, 1)
+        lin, quad = (g1, g2) if w is None else (g1 * w, g2 * w.square())  # (B, 1 or C)
+        grad_q = torch.addcmul(lin[:, None], q, quad[:, None]) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if w is not None and ctx.needs_input_grad[1]:
+            grad_w = (g1 * sum_q).sum(0) + w * (g2 * sum_sq).sum(0)
+        return grad_q, grad_w
+
+
+def modulate(q: Tensor, coef: Tensor, bias: Tensor) -> Tensor:
+    """addcmul(bias, q, coef) for q (B, T', r, C) and coef, bias (B, T', 1, C)."""
+    if _autograd(q, coef, bias):
+        return Modulate.apply(q, coef, bias)
+    return torch.addcmul(bias, q, coef)
+
+
+class Modulate(torch.autograd.Function):
+    """`modulate` whose backward makes only the tensors it returns (autograd's addcmul
+    backward makes full-size `tensor * value` copies)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, coef: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(q, coef)
+        return torch.addcmul(bias, q, coef)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, coef = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_q = grad * coef if needs[0] else None
+        grad_coef = (grad * q).sum(2, keepdim=True) if needs[1] else None
+        grad_bias = grad.sum(2, keepdim=True) if needs[2] else None
+        return grad_q, grad_coef, grad_bias
+
+
+def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
+    """`module(local, glob)` (a `s4m.blocks.Fusion`) with the local gLN folded into a
+    per-channel scale and shift from one statistics pass, so the full-rate work is one depthwise
+    conv (kernel > 1) and one broadcast multiply-add; time-major out."""
+    b, c, t = local.shape
+    gate = torch.sigmoid(module.global_act(glob))
+    shift_g = module.global_embedding(glob)
+    conv, norm = module.local_embedding.conv, module.local_embedding.norm
+    if conv.kernel_size[0] == 1:  # per-channel scale: fold it instead of applying it
+        q, scale = time_major(local), conv.weight[:, 0, 0]
+    else:
+        q, scale = conv1d(conv, local), None
+    q_t = time_major(q).transpose(1, 2)  # (B, T, C) contiguous
+    s1, s2 = moments(q_t, scale)  # (B,): sums of scale * q and its square
+    mean = s1 / (c * t)
+    rstd = (s2 / (c * t) - mean.square()).clamp_min(0).add(norm.eps).rsqrt()
+    a = norm.gamma * rstd[:, None]  # (B, C): gLN(q) = a q + shift
+    shift = norm.beta - a * mean[:, None]
+    if scale is not None:
+        a = a * scale
+    gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, T', 1, C)
+    coef = a[:, None, None] * gate
+    bias = torch.addcmul(shift_g, shift[:, None, None], gate)
+    q = q_t.view(b, gate.shape[1], -1, c)  # (B, T', r, C)
+    return modulate(q, coef, bias).view(b, t, c).transpose(1, 2)
