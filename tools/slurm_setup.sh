@@ -20,10 +20,9 @@ say() { echo "slurm_setup: $*"; }
 
 node_state() { sinfo -h -N -o '%t' 2>/dev/null | head -1; }
 
-if [ "$(node_state)" = idle ] || [ "$(node_state)" = mix ]; then
-  say "already running: $(sinfo -h -N -o '%N %t %c CPUs %m MB')"
-  exit 0
-fi
+case "$(node_state)" in
+  idle|mix|alloc) say "already running: $(sinfo -h -N -o '%N %t %c CPUs %m MB')"; exit 0 ;;
+esac
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
