@@ -134,7 +134,7 @@ def test_local_dispatch_kill_collect_and_rerun(grid_repo: Path) -> None:
     assert set(_status(grid_repo, "train", "evaluate")) == {"train@convtasnet",
                                                            "evaluate@convtasnet"}
 
-    rerun = _dispatch(grid_repo, "--executor", "local", "--collect")
+    rerun = _dispatch(grid_repo, "--executor", "local", "--wait", "--collect")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     submitted = {line.split()[1] for line in rerun.stdout.splitlines()
                  if line.strip().startswith("submitted ")}
