@@ -164,21 +164,24 @@ def _slurm_or_skip() -> None:
 
 def test_slurm_dispatch_job_arrays(grid_repo: Path) -> None:
     _slurm_or_skip()
-    # make a training and its evaluation pending again
-    shutil.rmtree(grid_repo / "runs/convtasnet")
-    pending = {"train@convtasnet", "evaluate@convtasnet"}
+    # both trainings pending again (model.pt gone); they resume from their last.ckpt
+    for model in MODELS:
+        (grid_repo / f"runs/{model}/model.pt").unlink()
+    pending = {*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS)}
     assert set(_status(grid_repo, "train", "evaluate", "ablate")) == pending
     started = time.monotonic()
     run = _dispatch(grid_repo, "--executor", "slurm", "--wait", "--collect")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "evaluate: job array of 1 task(s), after afterany:" in run.stdout
+    assert "evaluate: job array of 2 task(s), after afterany:" in run.stdout
     records = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
                for p in (grid_repo / "runs/_dispatch/stages").iterdir()}
     for name in pending:
         assert records[name]["executor"] == "slurm"
         assert f"{name}: committed" in run.stdout
     scripts = [p.read_text() for p in (grid_repo / "runs/_dispatch").rglob("*submission.sh")]
-    assert scripts and all("#SBATCH --array=" in text for text in scripts)
+    assert sum("#SBATCH --array=0-1%2" in text for text in scripts) >= 2  # train, evaluate
+    for model in MODELS:
+        assert json.loads((grid_repo / f"runs/{model}/train_metrics.json").read_text())["resumed"]
     assert _status(grid_repo, "train", "evaluate", "ablate") == {}
     print(f"slurm dispatch test: {time.monotonic() - started:.0f} s")
 
