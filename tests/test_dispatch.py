@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 MODELS = ["s4m_tiny", "convtasnet"]
 CELL = "ablate@3-8-s4d"
 DISPATCHED = [*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), CELL]
+pytestmark = pytest.mark.slow  # real stage processes: 9 smoke stages, a minute each here
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
