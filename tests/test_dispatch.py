@@ -70,7 +70,7 @@ def grid_repo(tmp_path_factory) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "grid copy"], cwd=root, check=True)
-    prepare = _run(root, sys.executable, "-m", "experiments.prepare")
+    prepare = _run(root, sys.executable, "-m", "experiments.stages.prepare")
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     commit = _run(root, str(BIN / "dvc"), "commit", "-f", "prepare")
     assert commit.returncode == 0, commit.stderr
@@ -89,7 +89,7 @@ def test_dry_run_prints_arrays_and_submits_nothing(grid_repo: Path) -> None:
     assert "train: job array of 2 task(s)" in run.stdout
     assert "evaluate: job array of 2 task(s)" in run.stdout
     assert "ablate: job array of 1 task(s)" in run.stdout
-    assert "python -m experiments.train --model convtasnet --out runs/convtasnet" in run.stdout
+    assert "python -m experiments.stages.train --model convtasnet --out runs/convtasnet" in run.stdout
     assert "#SBATCH --array=0-1%2" in run.stdout and "#SBATCH --partition=short" in run.stdout
     assert "#SBATCH --time=7" in run.stdout and "#SBATCH --time=10" in run.stdout
     assert not (grid_repo / "runs/_dispatch/stages").exists()
