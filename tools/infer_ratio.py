@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from experiments.models import build_model  # noqa: E402
+from experiments.registry import build_model  # noqa: E402
 
 
 def train_step(model: torch.nn.Module, mix: torch.Tensor) -> Callable[[torch.Tensor], None]:
