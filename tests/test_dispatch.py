@@ -89,7 +89,8 @@ def test_dry_run_prints_arrays_and_submits_nothing(grid_repo: Path) -> None:
     assert "train: job array of 2 task(s)" in run.stdout
     assert "evaluate: job array of 2 task(s)" in run.stdout
     assert "ablate: job array of 1 task(s)" in run.stdout
-    assert "python -m experiments.stages.train --model convtasnet --out runs/convtasnet" in run.stdout
+    cmd = "python -m experiments.stages.train --model convtasnet --out runs/convtasnet"
+    assert cmd in run.stdout
     assert "#SBATCH --array=0-1%2" in run.stdout and "#SBATCH --partition=short" in run.stdout
     assert "#SBATCH --time=7" in run.stdout and "#SBATCH --time=10" in run.stdout
     assert not (grid_repo / "runs/_dispatch/stages").exists()
