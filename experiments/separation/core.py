@@ -1,9 +1,12 @@
 """`separate_file`: one recording through a separation model, in overlapping windows.
 
-Long inputs go through asteroid's `LambdaOverlapAdd`: Hann windows of `window` samples every
-`hop` samples, each window's estimates reordered to best correlate with the previous window's
-on their overlap (so a speaker stays in one output), then overlap-added. Memory for the model
-is bounded by the window; the waveforms themselves are held whole.
+Inputs longer than a window go through the model in windows of `window` samples every `hop`
+samples (the last one ending at the last sample). Each window's estimates are put in the order
+that best matches the previous window's on their overlap, so a speaker stays in one output, and
+cross-faded with Hann windows. Memory for the model is bounded by the window; the waveforms are
+held whole. (asteroid 0.7.0's `LambdaOverlapAdd` does the same but applies the inverse of the
+best permutation for three or more sources, its correlation matrix being transposed relative
+to `PITLossWrapper`'s convention, and runs two windows of zero padding; hence this loop.)
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from asteroid.dsp.overlap_add import LambdaOverlapAdd
+from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from experiments.separation.audio import read_mono, resample
@@ -81,13 +83,18 @@ def _checked(model: Callable[[torch.Tensor], torch.Tensor],
     return run
 
 
-def _window_sum(ola: LambdaOverlapAdd, length: int, device: torch.device) -> torch.Tensor:
-    """Sum of the synthesis windows at each sample, folded with the geometry `ola` uses."""
-    geometry = dict(kernel_size=(ola.window_size, 1), padding=(ola.window_size, 0),
-                    stride=(ola.hop_size, 1))
-    frames = F.unfold(torch.ones(1, 1, length, 1, device=device), **geometry)
-    frames = frames * ola.window.to(device)[:, None]
-    return F.fold(frames, (length, 1), **geometry)[0, 0, :, 0]
+def _chunk_starts(length: int, window: int, hop: int) -> list[int]:
+    """Window starts every `hop`; the last window ends at the last sample (no zero padding)."""
+    return [*range(0, length - window, hop), length - window]
+
+
+def _alignment(previous: torch.Tensor, current: torch.Tensor) -> list[int]:
+    """Order of `current`'s sources that best matches `previous` on their common samples
+    (both (n_src, overlap)): the assignment maximising the summed inner products, which is
+    the one minimising the summed squared differences."""
+    score = (previous @ current.T).double().cpu().numpy()  # [i, j] = <previous_i, current_j>
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
 
 
 def separate_waveform(model: Callable[[torch.Tensor], torch.Tensor], wav: torch.Tensor,
@@ -100,20 +107,30 @@ def separate_waveform(model: Callable[[torch.Tensor], torch.Tensor], wav: torch.
     length = wav.shape[-1]
     if length <= window:
         return net(wav[None])[0]
-    ola = LambdaOverlapAdd(nnet=None, n_src=n_src, window_size=window, hop_size=hop,
-                           window="hann", reorder_chunks=True)
-    n_chunks = (length + ola.window_size) // ola.hop_size + 1  # F.unfold's count
-    with tqdm(total=n_chunks, desc="windows", unit="win", leave=False,
-              disable=not progress) as bar:
-        def counted(chunk: torch.Tensor) -> torch.Tensor:
-            est = net(chunk)
-            bar.update()
-            return est
-
-        ola.nnet = counted
-        est = ola(wav[None, None])[0]
-    # With hop = window / k the Hann windows sum to k / 2; other hops to a ripple.
-    return est / _window_sum(ola, length, wav.device)
+    hop = window // 2 if hop is None else hop
+    starts = _chunk_starts(length, window, hop)
+    taper = torch.hann_window(window, periodic=True, dtype=wav.dtype, device=wav.device)
+    out = weight = previous = None
+    for index, start in enumerate(tqdm(starts, desc="windows", unit="win", leave=False,
+                                       disable=not progress)):
+        est = net(wav[None, start:start + window])[0]  # (n_src, window)
+        if previous is None:
+            out, weight = est.new_zeros(est.shape[0], length), est.new_zeros(length)
+        else:
+            overlap = starts[index - 1] + window - start
+            est = est[_alignment(previous[:, -overlap:], est[:, :overlap])]
+        # Hann cross-fades between windows; the file's first and last samples are covered by
+        # one window only, which is flat there.
+        w = taper.clone()
+        if index == 0:
+            w[: window // 2] = 1
+        if index == len(starts) - 1:
+            w[window // 2:] = 1
+        out[:, start:start + window] += est * w
+        weight[start:start + window] += w
+        previous = est
+    # With hop = window / 2 the weights already sum to 1; other hops leave a ripple.
+    return out / weight
 
 
 def resolve_device(name: str) -> torch.device:
