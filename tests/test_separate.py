@@ -291,7 +291,7 @@ def test_speechbrain_folder(tmp_path: Path) -> None:
     assert (sep.sample_rate, sep.sources.shape) == (8000, (2, mix.size))
 
 
-def test_cli_exit_status_and_subtypes(tmp_path: Path) -> None:
+def test_cli_exit_status_and_subtypes(tmp_path: Path, capsys) -> None:
     """The module as users run it: a registry package of S4M, mixed formats, one bad file."""
     save_model(build_model("s4m_tiny", num_blocks=1), tmp_path / "model.pt")
     folder = tmp_path / "rec"
@@ -318,8 +318,9 @@ def test_cli_exit_status_and_subtypes(tmp_path: Path) -> None:
         for source in ("s1.wav", "s2.wav"):
             info = sf.info(out / name / source)
             assert (info.samplerate, info.frames, info.subtype) == (rate, rate, subtype), name
-    (folder / "readme.wav").unlink()
-    proc = subprocess.run(cmd + ["--float"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("0 separated, 3 skipped, 0 failed")
+    (folder / "readme.wav").unlink()  # in-process from here: the same main()
+    assert main(cmd[3:] + ["--float"]) == 0
+    assert capsys.readouterr().out.startswith("0 separated, 3 skipped, 0 failed")
+    assert main(cmd[3:] + ["--float", "--overwrite", "--glob", "*.wav"]) == 0
+    assert capsys.readouterr().out.startswith("1 separated, 0 skipped, 0 failed")
+    assert sf.info(out / "talk" / "s1.wav").subtype == "FLOAT"

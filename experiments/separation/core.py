@@ -56,11 +56,11 @@ def model_n_src(model: torch.nn.Module) -> int | None:
 
 
 def window_samples(window_s: float, hop_s: float | None, rate: int) -> tuple[int, int]:
-    """(window, hop) in samples at `rate`; the window even (LambdaOverlapAdd needs it), the hop
-    at most half of it so every sample lies in at least two windows."""
+    """(window, hop) in samples at `rate`, the hop at most half the window so that every
+    sample away from the file's ends lies inside two windows."""
     if not window_s > 0:
         raise ValueError(f"window_s must be positive, got {window_s}")
-    window = max(2, 2 * round(window_s * rate / 2))
+    window = max(2, round(window_s * rate))
     hop = window // 2 if hop_s is None else round(hop_s * rate)
     if not 0 < hop <= window // 2:
         raise ValueError(f"hop_s={hop_s} must be positive and at most half of window_s="
@@ -108,6 +108,9 @@ def separate_waveform(model: Callable[[torch.Tensor], torch.Tensor], wav: torch.
     if length <= window:
         return net(wav[None])[0]
     hop = window // 2 if hop is None else hop
+    if not 0 < hop <= window // 2:
+        raise ValueError(f"hop of {hop} samples: must be positive and at most half the window "
+                         f"({window} samples)")
     starts = _chunk_starts(length, window, hop)
     taper = torch.hann_window(window, periodic=True, dtype=wav.dtype, device=wav.device)
     out = weight = previous = None
