@@ -272,7 +272,7 @@ class WorkerDied(RuntimeError):
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
                       worker: Callable[[dict[str, Any]], dict[str, Any]] = run_worker,
-                      ) -> dict[str, Any]:
+                      limit_name: str = "speed.timeout_s") -> dict[str, Any]:
     """`worker(spec)` in a fresh process of its own (from a forkserver that has imported the
     registry's libraries but run nothing); a failure or a timeout raises naming the model."""
     ctx = multiprocessing.get_context("forkserver")
@@ -288,8 +288,8 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
     except FuturesTimeout:
         for proc in list(pool._processes.values()):  # the executor cannot stop a running task
             proc.kill()
-        raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past {timeout_s:g} s"
-                            ) from None
+        raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past "
+                            f"{limit_name}={timeout_s:g} s") from None
     except BrokenProcessPool as err:  # killed (out of memory, a signal) before it could report
         raise WorkerDied(f"speed worker for {spec['model']!r} died: {err}") from None
     except Exception as err:
@@ -326,7 +326,7 @@ def length_table(specs: Iterable[dict[str, Any]], lengths: Iterable[float],
             print(f"[speed] {spec['model']} on {length:g} s ...", flush=True)
             try:
                 row = run_in_subprocess({**spec, "length_s": length}, timeout_s,
-                                        run_length_worker)
+                                        run_length_worker, "speed.length_timeout_s")
             except WorkerTimeout:
                 slow_from, row = length, {**row, "status": "too_slow"}
             except WorkerDied:
