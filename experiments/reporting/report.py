@@ -28,7 +28,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FuncFormatter,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from experiments.atomic import atomic_path, write_text  # noqa: E402
 from experiments.config import ConfigError, require  # noqa: E402
@@ -467,6 +472,8 @@ def plot_training_curves(curves: dict[str, pd.DataFrame], results: pd.DataFrame,
         if not curves:
             ax.text(0.5, 0.5, "no training logs found", ha="center", transform=ax.transAxes)
     by_step.set_xlabel("training step")
+    by_step.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_step.set_xlim(left=0)
     by_macs.set_xlabel("training MACs (T; forward MACs x forward+backward factor)")
     if by_macs.lines:
         by_macs.set_xscale("log")
@@ -565,7 +572,7 @@ def plot_speed_vs_length(frame: pd.DataFrame, env: dict[str, Any], path: Path) -
     memory.set_ylabel("peak memory above the model's (MB)")
     for ax in (timing, memory):
         ax.set_xlabel("input length (s)")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
     fig.suptitle(f"Cost against input length ({env.get('device', 'device not recorded')}, "
                  f"{env.get('threads', '?')} thread(s), commit {env.get('commit', '?')})",
                  fontsize=10)
@@ -574,7 +581,7 @@ def plot_speed_vs_length(frame: pd.DataFrame, env: dict[str, Any], path: Path) -
 
 def length_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Inference time (s) per model (rows) and length (columns); "too slow" where it was."""
-    cells = frame.assign(cell=[t if s == "ok" else s.replace("_", " ")
+    cells = frame.assign(cell=[f"{t:.3g}" if s == "ok" else s.replace("_", " ")
                                for t, s in zip(frame["infer_s"], frame["status"], strict=True)])
     table = cells.pivot(index="model", columns="length_s", values="cell")
     table = table.reindex(list(dict.fromkeys(frame["model"])))
@@ -669,10 +676,10 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
 
     ablation, cells = load_ablation(reports)
     ablation_verdict = rule.judge(ablation["si_sdri_db"], ablation["steps"])
-    budgets = {json.dumps(s.get("budget"), sort_keys=True): s.get("budget") for s in cells}
-    cell_budget = "; ".join(
-        "not recorded" if b is None else f"mode {b.get('mode')}, {b.get('max_steps')} steps"
-        for b in budgets.values()) or "no cells"
+    cell_budget = "; ".join(dict.fromkeys(
+        "not recorded" if not s.get("budget") else
+        f"mode {s['budget'].get('mode')}, {s['budget'].get('max_steps')} steps"
+        for s in cells)) or "no cells"
     cost_s = ", ".join(f"{x:g}" for x in dict.fromkeys(_finite(ablation["cost_seconds"])))
     ablation_display = ablation.rename(columns={
         "si_sdri_db": ablation_verdict.label("si_sdri_db"),
