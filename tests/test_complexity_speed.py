@@ -173,6 +173,22 @@ def test_a_worker_past_its_timeout_is_stopped():
     assert time.monotonic() - start < 15
 
 
+def test_length_sweep_marks_a_slow_model_instead_of_failing():
+    settings = {**vars(TINY_SETTINGS), "length_repeats": 1}
+    tiny = {"model": "tiny_convtasnet", "factory": "asteroid.models:ConvTasNet",
+            "kwargs": TINY_CTN, "sample_rate": 8000, "settings": settings}
+    stuck = {"model": "stuck", "factory": "subprocess:run", "kwargs": {"args": ["sleep", "20"]},
+             "sample_rate": 8000, "settings": settings}
+    rows = speed.length_table([tiny, stuck], lengths=[0.2, 0.1], timeout_s=3)
+    assert [(r["model"], r["length_s"], r["status"]) for r in rows] == [
+        ("tiny_convtasnet", 0.1, "ok"), ("tiny_convtasnet", 0.2, "ok"),
+        ("stuck", 0.1, "too_slow"), ("stuck", 0.2, "too_slow")]
+    assert all(r["infer_s"] > 0 and r["rtf"] == pytest.approx(r["infer_s"] / r["length_s"])
+               and r["threads"] == 1 for r in rows[:2])
+    assert rows[3]["infer_s"] is None  # not run: slower than the limit at a shorter length
+    assert list(rows[0]) == list(speed.LENGTH_COLUMNS)
+
+
 def test_goal_ratios():
     rows = [
         {"model": "s4m_tiny", "infer_s_median": 0.5, "train_step_s": 3.0, "peak_mem_mb": 2048},

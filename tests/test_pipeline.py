@@ -21,6 +21,7 @@ REPORT_FILES = [
     "results.md", "results.tex", "results.csv", "paper_vs_here.md", "ablation.md",
     "ablation.csv", "summary.json", "complexity.csv", "complexity.json", "speed.csv",
     "figures/sisdri_vs_macs.png", "figures/training_curves.png", "figures/ablation_heatmap.png",
+    "speed_vs_length.csv", "figures/speed_vs_length.png",
 ]
 # What a login shell on a fresh machine has: the system directories only.
 PLAIN_ENV = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/local/bin:/usr/bin:/bin",

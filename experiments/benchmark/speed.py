@@ -33,6 +33,10 @@ from experiments.config import ConfigError, require
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
 MIB = 2**20
+# speed_vs_length.csv; status: ok | too_slow (past speed.length_timeout_s, or slower than that
+# at a shorter length) | died (the process was killed: out of memory, a signal)
+LENGTH_COLUMNS = ("model", "length_s", "status", "infer_s", "rtf", "peak_mem_mb", "device",
+                  "threads", "repeats", "mem_method")
 
 COLUMNS = (
     "model", "device", "threads", "params_m", "infer_seconds", "infer_s_median", "infer_s_min",
@@ -58,6 +62,9 @@ class SpeedSettings:
     train_seconds: float = 2.0
     train_repeats: int = 2
     timeout_s: float = 1200.0
+    lengths_s: tuple[float, ...] = (1.0, 4.0, 16.0, 60.0)
+    length_repeats: int = 1
+    length_timeout_s: float = 120.0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
@@ -67,7 +74,12 @@ class SpeedSettings:
         unknown = sorted(set(section) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"params.yaml: unknown `speed` settings {unknown}")
-        settings = cls(**{f.name: require(cfg, f"speed.{f.name}") for f in fields(cls)})
+        values = {f.name: require(cfg, f"speed.{f.name}") for f in fields(cls)}
+        lengths = values["lengths_s"]
+        if not isinstance(lengths, list | tuple) or not lengths or not all(
+                isinstance(x, int | float) and x > 0 for x in lengths):
+            raise ConfigError("params.yaml: `speed.lengths_s` must be a list of positive seconds")
+        settings = cls(**{**values, "lengths_s": tuple(sorted(float(x) for x in lengths))})
         settings.validate()
         return settings
 
@@ -75,12 +87,12 @@ class SpeedSettings:
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"params.yaml: `speed.device` must be cpu, cuda or auto, "
                               f"got {self.device!r}")
-        for name in ("threads", "repeats", "train_batch", "train_repeats"):
+        for name in ("threads", "repeats", "train_batch", "train_repeats", "length_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be >= 1")
         if self.warmup < 0:
             raise ConfigError("params.yaml: `speed.warmup` must be >= 0")
-        for name in ("infer_seconds", "train_seconds", "timeout_s"):
+        for name in ("infer_seconds", "train_seconds", "timeout_s", "length_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
 
@@ -225,11 +237,43 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             **benchmark_model(model, settings, spec["sample_rate"], spec.get("seed", 0))}
 
 
+def run_length_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Inference time (median of `length_repeats` calls after one untimed call on 0.25 s) and
+    peak memory of one model on one input length, batch 1 (the body of a worker process)."""
+    settings = SpeedSettings(**spec["settings"])
+    torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    torch.manual_seed(spec.get("seed", 0))
+    model = _load_factory(spec["factory"])(**spec["kwargs"]).to(device).eval()
+    rate, length = spec["sample_rate"], spec["length_s"]
+    wav = torch.randn(1, round(length * rate), device=device)
+    with torch.inference_mode():
+        model(wav[:, : max(rate // 4, 1)])
+        with PeakMemory(device) as mem:
+            times = time_calls(lambda: model(wav), 0, settings.length_repeats, device)
+    median = statistics.median(times)
+    return {"model": spec["model"], "length_s": length, "status": "ok", "infer_s": median,
+            "rtf": median / length, "peak_mem_mb": mem.mib,
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "threads": torch.get_num_threads(), "repeats": settings.length_repeats,
+            "mem_method": mem.method}
+
+
 # ---- one process per model ----------------------------------------------------------------------
 
 
-def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """`run_worker(spec)` in a fresh process of its own (from a forkserver that has imported the
+class WorkerTimeout(RuntimeError):
+    """A worker ran past its time limit and was killed."""
+
+
+class WorkerDied(RuntimeError):
+    """A worker process was killed before it could report (out of memory, a signal)."""
+
+
+def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
+                      worker: Callable[[dict[str, Any]], dict[str, Any]] = run_worker,
+                      limit_name: str = "speed.timeout_s") -> dict[str, Any]:
+    """`worker(spec)` in a fresh process of its own (from a forkserver that has imported the
     registry's libraries but run nothing); a failure or a timeout raises naming the model."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
@@ -238,16 +282,16 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     # the forkserver, whose OpenMP runtime reads them once) starts: submit() starts it
     threads = str(spec["settings"]["threads"])
     with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
-        future = pool.submit(run_worker, spec)
+        future = pool.submit(worker, spec)
     try:
         return future.result(timeout=timeout_s)
     except FuturesTimeout:
         for proc in list(pool._processes.values()):  # the executor cannot stop a running task
             proc.kill()
-        raise RuntimeError(f"speed worker for {spec['model']!r} ran past "
-                           f"speed.timeout_s={timeout_s:g} s") from None
+        raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past "
+                            f"{limit_name}={timeout_s:g} s") from None
     except BrokenProcessPool as err:  # killed (out of memory, a signal) before it could report
-        raise RuntimeError(f"speed worker for {spec['model']!r} died: {err}") from None
+        raise WorkerDied(f"speed worker for {spec['model']!r} died: {err}") from None
     except Exception as err:
         raise RuntimeError(f"speed worker for {spec['model']!r} failed: {err!r}") from err
     finally:
@@ -264,6 +308,31 @@ def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
                               "train_step_s_all": result.pop("train_step_s_all")}
         rows.append({col: result.get(col) for col in COLUMNS})
     return {"rows": rows, "timings": raw, "summary": goal_ratios(rows, published)}
+
+
+def length_table(specs: Iterable[dict[str, Any]], lengths: Iterable[float],
+                 timeout_s: float) -> list[dict[str, Any]]:
+    """One row (LENGTH_COLUMNS) per (model, length), each measured in a fresh process. A length
+    that runs past `timeout_s` marks the model too slow there and at every longer length (not
+    run); a process that dies marks that length `died` and the sweep goes on."""
+    rows = []
+    for spec in specs:
+        slow_from = None
+        for length in sorted(lengths):
+            row = {"model": spec["model"], "length_s": length}
+            if slow_from is not None:
+                rows.append({**row, "status": "too_slow"})
+                continue
+            print(f"[speed] {spec['model']} on {length:g} s ...", flush=True)
+            try:
+                row = run_in_subprocess({**spec, "length_s": length}, timeout_s,
+                                        run_length_worker, "speed.length_timeout_s")
+            except WorkerTimeout:
+                slow_from, row = length, {**row, "status": "too_slow"}
+            except WorkerDied:
+                row = {**row, "status": "died"}
+            rows.append(row)
+    return [{col: row.get(col) for col in LENGTH_COLUMNS} for row in rows]
 
 
 def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any]) -> dict[str, Any]:

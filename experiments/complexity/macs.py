@@ -39,6 +39,9 @@ COLUMNS = (
     "naive_uncounted_fvcore", "naive_uncounted_ptflops", "published_params_source",
     "published_macs_source", "seconds", "sample_rate",
 )
+# complexity.json `conventions`: total MACs (G) of one forward on `input_samples` samples
+CONVENTION_COLUMNS = ("model", "input_samples", "sample_rate", "macs_g_fvcore", "macs_g_ptflops",
+                      "naive_macs_g_fvcore", "naive_macs_g_ptflops")
 
 
 def _ops(uncounted: dict[str, int]) -> str:
@@ -85,35 +88,54 @@ def _details(count: MacCount) -> dict[str, Any]:
             "uncounted": count.uncounted}
 
 
+def published_conventions(published: dict[str, Any]) -> list[int]:
+    """The input lengths (samples) the published MAC figures were counted on."""
+    return sorted({int(m["input_samples"]) for entry in published["models"].values()
+                   for m in entry.get("macs", [])})
+
+
+def at_our_convention(published: dict[str, Any], name: str, sample_rate: int) -> dict[str, Any]:
+    """The model's first published MAC figure counted as ours are: per second at our rate."""
+    return next((m for m in figure(published, name, "macs") or []
+                 if m["per_second"] and m["sample_rate"] == sample_rate), {})
+
+
 def complexity_table(
     names: Iterable[str], build: Callable[[str], nn.Module], seconds: float, sample_rate: int,
     published: dict[str, Any], seed: int = 0,
     ssm_scope: Callable[[nn.Module], bool] = is_ssm_module, workers: int = 1,
+    conventions: Iterable[int] = (),
 ) -> dict[str, Any]:
-    """Rows (COLUMNS), per-model details and the S4M-tiny / Sepformer summary. With workers > 1
-    the models are counted that many at a time in forked processes of one torch thread each
-    (counting is mostly Python-bound tracing; the counts do not depend on threads)."""
+    """Rows (COLUMNS), per-model details and the S4M-tiny / Sepformer summary, plus under
+    `conventions` each model's total MACs (G, not per second; CONVENTION_COLUMNS) on each of
+    `conventions` input lengths in samples (the published figures' inputs; see
+    `published_conventions`), fed to the model as built for `sample_rate`. With workers > 1 the
+    counts run that many at a time in forked processes of one torch thread each (counting is
+    mostly Python-bound tracing; the counts do not depend on threads)."""
     names = list(names)
+    ours = round(seconds * sample_rate)
+    extra = [(name, n) for n in sorted(set(conventions)) if n != ours for name in names]
+    jobs = [(name, seconds) for name in names] + [(name, n / sample_rate) for name, n in extra]
 
     def measure_at(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        name = names[index]
-        print(f"[complexity] counting {name} on {seconds:g} s ...", flush=True)
-        return measure(name, build(name), seconds, sample_rate, seed, ssm_scope)
+        name, length = jobs[index]
+        print(f"[complexity] counting {name} on {length:g} s ...", flush=True)
+        return measure(name, build(name), length, sample_rate, seed, ssm_scope)
 
-    if workers > 1 and len(names) > 1:
+    if workers > 1 and len(jobs) > 1:
         global _MEASURE_AT
         _MEASURE_AT = measure_at  # forked workers inherit it: builders need not be picklable
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(names))) as pool:
-                measured = pool.map(_measure_in_worker, range(len(names)), chunksize=1)
+            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+                measured = pool.map(_measure_in_worker, range(len(jobs)), chunksize=1)
         finally:
             _MEASURE_AT = None
     else:
-        measured = [measure_at(i) for i in range(len(names))]
+        measured = [measure_at(i) for i in range(len(jobs))]
     rows, details = [], {}
-    for name, (row, details[name]) in zip(names, measured, strict=True):
+    for name, (row, details[name]) in zip(names, measured[: len(names)], strict=True):
         params = figure(published, name, "params_m")
-        macs = figure(published, name, "macs_g_per_s")
+        macs = at_our_convention(published, name, sample_rate)
         row.update(
             published_params_m=params.get("value"), published_params_source=params.get("source"),
             published_macs_g_per_s=macs.get("value"), published_macs_source=macs.get("source"),
@@ -125,8 +147,15 @@ def complexity_table(
         if reference and reference["macs_g_per_s_fvcore"]:
             row["macs_pct_of_sepformer"] = (
                 100 * row["macs_g_per_s_fvcore"] / reference["macs_g_per_s_fvcore"])
+    counted = [(name, ours, row) for name, row in by_name.items() if ours in set(conventions)]
+    counted += [(name, n, row) for (name, n), (row, _) in zip(extra, measured[len(names):],
+                                                              strict=True)]
+    at_conventions = [{"model": name, "input_samples": n, "sample_rate": sample_rate,
+                       **{col: row[col.replace("macs_g_", "macs_g_per_s_")] * n / sample_rate
+                          for col in CONVENTION_COLUMNS[3:]}} for name, n, row in counted]
     rows = [{col: row.get(col) for col in COLUMNS} for row in rows]
-    return {"rows": rows, "details": details, "summary": _summary(by_name, published)}
+    return {"rows": rows, "details": details, "summary": _summary(by_name, published),
+            "conventions": at_conventions}
 
 
 _MEASURE_AT: Callable[[int], tuple[dict[str, Any], dict[str, Any]]] | None = None

@@ -91,11 +91,11 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
     data_cfg = require(cfg, "data")
     max_utts = require(cfg, "evaluate.max_utterances")
     n_examples = int(require(cfg, "evaluate.n_examples"))
-    extra = list(require(cfg, "evaluate.extra_metrics") or [])
+    extra_metrics = list(require(cfg, "evaluate.extra_metrics") or [])
     threads = int(require(cfg, "threads"))
     if max_utts is not None and (not isinstance(max_utts, int) or max_utts < 1):
         raise ConfigError("params.yaml: evaluate.max_utterances must be a positive int or null")
-    check_optional_metrics(extra)
+    check_optional_metrics(extra_metrics)
     torch.set_num_threads(threads)
     torch.manual_seed(int(require(cfg, "seed")))
 
@@ -118,7 +118,8 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
         if estimates.shape != sources.shape:
             raise ValueError(f"{model_path}: model output {tuple(estimates.shape)} does not "
                              f"match the references {tuple(sources.shape)}")
-        values, perm = separation_metrics(mixture, sources, estimates, sample_rate, extra)
+        values, perm = separation_metrics(mixture, sources, estimates, sample_rate,
+                                          extra_metrics)
         utt = _utt_id(raw_id, index)
         rows.append({"utt_id": utt, "length_s": mixture.numel() / sample_rate,
                      "perm": "".join(map(str, perm)), **values})

@@ -1,12 +1,13 @@
-"""DVC stage `ablate@<cell>`: one S4M ablation grid cell, trained and evaluated in one process.
+"""DVC stage `ablate@<cell>`: one S4M ablation grid cell, measured, trained and evaluated in one
+process.
 
 `python -m experiments.stages.ablate --num-scales N --d-state D --ssm {s4,s4d}`
 
 The base model is `ablation.base_model` with the cell's constructor overrides; training and
-evaluation settings are the profile's, as for the main models, except that `ablation.max_time_s`
-(when set) replaces the training time budget. Outputs go to `runs/ablation/<tag>` and
-`reports/ablation/<tag>`; the evaluation summary records the cell's settings under `cell`, which
-is what the report reads (never the folder name).
+evaluation settings are the profile's, as for the main models, except the budget:
+`ablation.max_steps` steps when set (see `experiments.ablation.cell`). Outputs go to
+`runs/ablation/<tag>` and `reports/ablation/<tag>`; the evaluation summary records the cell's
+settings under `cell`, its cost, budget and training, which is what the report reads.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from experiments.config import load_profile, require
-from experiments.evaluation.evaluate import evaluate
-from experiments.training.trainer import NonFiniteLossError, train
+from experiments.ablation.cell import cell_tag, run_cell
+from experiments.config import load_profile
+from experiments.training.trainer import NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,22 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssm", choices=("s4", "s4d"), required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    cfg = load_profile(args.params)
-    if require(cfg, "ablation.max_time_s") is not None:
-        cfg["train"]["max_time_s"] = cfg["ablation"]["max_time_s"]
     cell = {"num_scales": args.num_scales, "d_state": args.d_state, "ssm": args.ssm}
-    tag = f"scales{args.num_scales}_dstate{args.d_state}_{args.ssm}"
-    run_dir = Path("runs/ablation") / tag
-    base = require(cfg, "ablation.base_model")
     try:
-        train(cfg, base, run_dir, cell)
+        summary = run_cell(load_profile(args.params), cell)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    summary = evaluate(cfg, run_dir / "model.pt", tag, Path("reports/ablation") / tag,
-                       extra={"cell": {"base_model": base, **cell}})
-    print(json.dumps({"cell": tag, **{m: round(s["mean"], 2)
-                                      for m, s in summary["metrics"].items()}}))
+    print(json.dumps({"cell": cell_tag(cell), "steps": summary["training"]["steps"],
+                      **{m: round(s["mean"], 2) for m, s in summary["metrics"].items()}}))
     return 0
 
 

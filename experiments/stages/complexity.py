@@ -3,7 +3,8 @@
 `python -m experiments.stages.complexity [--models NAME ...] [--out-dir reports]`
 
 Writes reports/complexity.csv and reports/complexity.json (rows, per-operator details, the
-S4M-tiny / Sepformer ratio, settings and the environment block).
+S4M-tiny / Sepformer ratio, each model's MACs at the published figures' input lengths
+(`conventions`), settings and the environment block).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 
 from experiments.atomic import write_table
-from experiments.complexity.macs import COLUMNS, complexity_table
+from experiments.complexity.macs import COLUMNS, complexity_table, published_conventions
 from experiments.config import load_profile, require
 from experiments.env import environment
 from experiments.published import load_published
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     published = load_published()
     payload = complexity_table(
         names, lambda name: build_model(name, sample_rate=sample_rate), seconds, sample_rate,
-        published, seed, workers=threads,
+        published, seed, workers=threads, conventions=published_conventions(published),
     )
     payload = {"environment": environment(cfg["profile"], threads),
                "settings": {"seconds": seconds, "sample_rate": sample_rate, "seed": seed},

@@ -4,22 +4,27 @@
 `python -m experiments.stages.speed [--models NAME ...] [--out-dir reports]`
 
 Writes reports/speed.csv and reports/speed.json (with the machine, threads and commit it was
-measured with) and prints S4M-tiny's goal ratios. Timings on a shared machine are noisy.
+measured with), prints S4M-tiny's goal ratios, and measures inference time and peak memory at
+each of `speed.lengths_s` (reports/speed_vs_length.csv; also under `lengths` in speed.json).
+Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 
-from experiments.atomic import write_table
+from experiments.atomic import write_table, write_text
 from experiments.benchmark.speed import (
     COLUMNS,
+    LENGTH_COLUMNS,
     REGISTRY_FACTORY,
     SpeedSettings,
     format_goals,
+    length_table,
     resolve_device,
     speed_table,
 )
@@ -49,12 +54,17 @@ def main(argv: list[str] | None = None) -> None:
               "sample_rate": sample_rate, "seed": seed, "settings": asdict(settings)}
              for name in names]
     payload = speed_table(specs, settings.timeout_s, load_published())
+    lengths = length_table(specs, settings.lengths_s, settings.length_timeout_s)
     payload = {"environment": environment(cfg["profile"], settings.threads, device),
-               "settings": asdict(settings), **payload}
+               "settings": asdict(settings), **payload, "lengths": lengths}
+    write_text(Path(args.out_dir, "speed_vs_length.csv"),
+               pd.DataFrame(lengths, columns=list(LENGTH_COLUMNS)).to_csv(index=False))
     csv_path, json_path = write_table(payload, args.out_dir, "speed", COLUMNS)
     print(pd.DataFrame(payload["rows"])[list(SHOWN)].to_string(index=False, float_format="%.3f"))
     print(format_goals(payload["summary"]))
-    print(f"wrote {csv_path} and {json_path} (timings on a shared machine are noisy)")
+    print(pd.DataFrame(lengths).to_string(index=False, float_format="%.3f"))
+    print(f"wrote {csv_path}, {json_path} and speed_vs_length.csv (timings on a shared machine "
+          "are noisy)")
 
 
 if __name__ == "__main__":

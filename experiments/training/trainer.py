@@ -357,8 +357,11 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
-          model_overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Trains `model_name` on the prepared data; returns train_metrics (None on ranks > 0)."""
+          model_overrides: dict[str, Any] | None = None,
+          budget: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Trains `model_name` on the prepared data; returns train_metrics (None on ranks > 0).
+    `budget` (experiments.training.budget.resolve_budget) is recorded in the metrics, with the
+    training MACs it implies when it knows the MACs per step."""
     from experiments.registry import build_model, save_model
 
     started = time.monotonic()
@@ -392,7 +395,9 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     # val_loss at the end of that epoch
     stopper = EarlyStopping(monitor="val_loss", mode="min", check_on_train_epoch_end=False,
                             patience=train_cfg["early_stop_patience"])
-    interval = train_cfg["val_check_interval"]
+    interval, steps = train_cfg["val_check_interval"], train_cfg["max_steps"]
+    if interval and steps is not None and steps > 0:
+        interval = min(interval, steps)  # a budget shorter than the interval still validates
     max_time = train_cfg["max_time_s"]
     from dvclive.lightning import DVCLiveLogger
 
@@ -443,6 +448,10 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         "params": sum(p.numel() for p in final_model.parameters()),
         "rank_weight_digests": system.rank_digests,
     }
+    if budget is not None:
+        metrics["budget"] = budget
+        if "gmacs_per_step" in budget:
+            metrics["train_gmacs"] = trainer.global_step * budget["gmacs_per_step"]
     _write_json(out_dir / "train_metrics.json", metrics)
     return metrics
 

@@ -1,0 +1,1 @@
+"""S4M ablation grid cells: cost, budget, training and evaluation of one cell."""
