@@ -65,7 +65,7 @@ def test_outputs_and_statistics(prepared: Path, model_file: Path, tmp_path: Path
         assert entry["ci95"] == pytest.approx(half, rel=1e-9) and entry["count"] == 3
     wavs = sorted(p.name for p in (tmp_path / "examples").iterdir())
     assert len(wavs) == 2 * 5 and all(w.endswith(".wav") for w in wavs)
-    assert (tmp_path / "spectrogram.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "examples" / "spectrogram.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.rglob("*.tmp*"))
 
     # the first row again, by hand, with the estimate the example wavs hold

@@ -7,7 +7,8 @@
 - `summary.json`: mean, std, 95% confidence interval (Student t) and count per metric, plus the
   environment block;
 - `examples/<utt>_{mix,ref1,ref2,est1,est2}.wav` for the first `evaluate.n_examples`
-  utterances (estimates ordered as the references) and `spectrogram.png` of the first one.
+  utterances (estimates ordered as the references) and `examples/spectrogram.png` of the first
+  one; `examples/` exists even when `evaluate.n_examples` is 0.
 Utterances are taken in the dataset's order, the first `evaluate.max_utterances` (null: all).
 """
 
@@ -110,6 +111,7 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
     if count == 0:
         raise ValueError(f"test split of {data_cfg['out_dir']}: no utterances to evaluate")
 
+    (out_dir / "examples").mkdir(parents=True, exist_ok=True)  # a DVC output, even if empty
     rows = []
     for index in tqdm(range(count), desc=f"evaluate {name}", mininterval=5):
         mixture, sources, raw_id = dataset[index]
@@ -130,7 +132,7 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
             for label, wav in signals.items():
                 _write_wav(out_dir / "examples" / f"{utt}_{label}.wav", wav, sample_rate)
             if index == 0:
-                spectrogram_figure(out_dir / "spectrogram.png", signals, sample_rate,
+                spectrogram_figure(out_dir / "examples" / "spectrogram.png", signals, sample_rate,
                                    f"{name}: {utt} (SI-SDRi {values['si_sdr_i']:.1f} dB)")
 
     frame = pd.DataFrame(rows)
