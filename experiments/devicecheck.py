@@ -31,23 +31,13 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import TensorDataset
 
+from experiments.registry import REGISTRY, build_model
+
 REPO = Path(__file__).resolve().parents[1]
 DDP_RESULT = "DDP-RESULT "  # prefix of the line rank 0 of a DDP run prints its result on
 
-# Small constructor overrides, one per registry model: seconds per step on one CPU thread.
-TINY: dict[str, dict[str, Any]] = {
-    "s4m_tiny": dict(bottleneck_channels=16, hidden_channels=16, num_blocks=2, num_scales=3,
-                     d_state=4),
-    "s4m": dict(bottleneck_channels=16, hidden_channels=16, num_blocks=2, num_scales=3,
-                d_state=4),
-    "convtasnet": dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2,
-                       n_repeats=1),
-    "dprnn": dict(n_filters=16, kernel_size=16, stride=8, bn_chan=16, hid_size=16,
-                  chunk_size=20, hop_size=10, n_repeats=1),
-    "sudormrf": dict(n_filters=16, bn_chan=16, num_blocks=2, upsampling_depth=2),
-    "sepformer": dict(n_filters=16, d_model=16, num_layers=1, intra_layers=1, inter_layers=1,
-                      nhead=2, d_ffn=16, chunk_size=20),
-}
+# Small constructor overrides, one per registry model (seconds per step on one CPU thread)
+TINY: dict[str, dict[str, Any]] = {name: entry.tiny for name, entry in REGISTRY.items()}
 
 
 @dataclass(frozen=True)
@@ -130,7 +120,6 @@ def fit(name: str, precision: str, settings: CheckSettings, mix: torch.Tensor,
         sources: torch.Tensor, devices: int = 1, strategy: str = "auto",
         ) -> tuple[torch.nn.Module, _Record, pl.Trainer]:
     """`settings.steps` steps of `name` on (mix, sources) through experiments.training's system."""
-    from experiments.registry import build_model
     from experiments.training.trainer import SeparationSystem, build_loss, param_groups
 
     pl.seed_everything(settings.seed, verbose=False)
@@ -176,7 +165,6 @@ def evaluate(model: torch.nn.Module, mix: torch.Tensor, sources: torch.Tensor,
 def speed(name: str, settings: CheckSettings) -> dict[str, Any]:
     """experiments.benchmark.speed.benchmark_model on the check's device."""
     from experiments.benchmark.speed import SpeedSettings, benchmark_model
-    from experiments.registry import build_model
 
     bench = SpeedSettings(device=settings.device, threads=settings.threads,
                           infer_seconds=settings.speed_infer_s, warmup=1,

@@ -41,31 +41,39 @@ class Entry:
     library: str
     config: str
     tolerance: float  # relative; tests hold the built model's params to the published count
+    tiny: dict[str, Any]  # constructor overrides of a small variant for fast checks (tests, GPU)
     baseline_config: str | None = None  # name of the published configuration in `baselines`
 
+
+_TINY_S4M = dict(bottleneck_channels=16, hidden_channels=16, num_blocks=2, num_scales=3, d_state=4)
 
 # The one list of model names in the code; params.yaml's `models` picks from it.
 REGISTRY: dict[str, Entry] = {
     "s4m_tiny": Entry("S4M", "s4m (this repo)",
-                      "S4M-tiny as in the authors' released model file", 0.03),
+                      "S4M-tiny as in the authors' released model file", 0.03, _TINY_S4M),
     "s4m": Entry("S4M", "s4m (this repo)",
-                 "S4M, S4 layers at more scales (design unpublished, reconstructed)", 0.05),
+                 "S4M, S4 layers at more scales (design unpublished, reconstructed)", 0.05,
+                 _TINY_S4M),
     "convtasnet": Entry(
         "ConvTasNetModel", "asteroid ConvTasNet",
         "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask", 0.05,
+        dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2, n_repeats=1),
         "CONVTASNET_CONFIG"),
     "dprnn": Entry(
         "DPRNNTasNetModel", "asteroid DPRNNTasNet",
         "paper: N=64, L=2 (hop 1), 64-dim features, 6 BLSTM blocks of 128/dir, K=250, hop 125",
-        0.05, "DPRNN_CONFIG"),
+        0.05, dict(n_filters=16, kernel_size=16, stride=8, bn_chan=16, hid_size=16, chunk_size=20,
+                   hop_size=10, n_repeats=1), "DPRNN_CONFIG"),
     "sudormrf": Entry(
         "SuDORMRFNetModel", "asteroid SuDORMRFNet",
         "1.0x: 512 bases, L=21 (hop 10), B=128, 16 U-ConvBlocks of depth 4, softmax masks", 0.05,
-        "SUDORMRF_CONFIG"),
+        dict(n_filters=16, bn_chan=16, num_blocks=2, upsampling_depth=2), "SUDORMRF_CONFIG"),
     "sepformer": Entry(
         "SepformerNet", "speechbrain dual_path blocks",
         "LibriMix/WSJ0Mix recipe: N=256, L=16 (hop 8), 2 x (8 intra + 8 inter) pre-norm "
-        "transformers, d=256, 8 heads, d_ffn=1024, K=250", 0.05),
+        "transformers, d=256, 8 heads, d_ffn=1024, K=250", 0.05,
+        dict(n_filters=16, d_model=16, num_layers=1, intra_layers=1, inter_layers=1, nhead=2,
+             d_ffn=16, chunk_size=20)),
 }
 
 
