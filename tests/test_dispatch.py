@@ -54,7 +54,8 @@ def _status(root: Path, *targets: str) -> dict:
 
 @pytest.fixture(scope="module")
 def grid_repo(tmp_path_factory) -> Path:
-    """The project with profile smoke and a 2-model, 1-cell grid, prepared and committed."""
+    """The project with profile smoke and a 2-model, 1-cell grid, prepared (data and MAC counts)
+    and committed."""
     root = tmp_path_factory.mktemp("grid")
     for rel in _project_files():
         dest = root / rel
@@ -74,6 +75,11 @@ def grid_repo(tmp_path_factory) -> Path:
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     commit = _run(root, str(BIN / "dvc"), "commit", "-f", "prepare")
     assert commit.returncode == 0, commit.stderr
+    # training budgets read MACs from reports/complexity.csv: computed on the login node first
+    activated = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    complexity = subprocess.run([str(BIN / "dvc"), "repro", "complexity"], cwd=root, env=activated,
+                                capture_output=True, text=True, timeout=600)
+    assert complexity.returncode == 0, complexity.stdout[-3000:] + complexity.stderr[-3000:]
     return root
 
 
