@@ -63,8 +63,10 @@ def test_outputs_and_statistics(prepared: Path, model_file: Path, tmp_path: Path
         half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / math.sqrt(3)
         assert entry["mean"] == pytest.approx(values.mean(), abs=1e-9)
         assert entry["ci95"] == pytest.approx(half, rel=1e-9) and entry["count"] == 3
-    wavs = sorted(p.name for p in (tmp_path / "examples").iterdir())
-    assert len(wavs) == 2 * 5 and all(w.endswith(".wav") for w in wavs)
+    files = sorted(p.name for p in (tmp_path / "examples").iterdir())
+    assert files == sorted([*(f"{u}_{k}.wav" for u in frame["utt_id"][:2]
+                              for k in ("mixture", "ref1", "ref2", "est1", "est2")),
+                            "spectrogram.png"])
     assert (tmp_path / "examples" / "spectrogram.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.rglob("*.tmp*"))
 
