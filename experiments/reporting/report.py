@@ -355,8 +355,8 @@ def reconstruction_note(results: pd.DataFrame, published: dict[str, Any],
     params_text = (f"{ours_params:.2f}M params against the published {params:g}M "
                    f"({ours_params / params:.2f}x)" if params else f"{ours_params:.2f}M params")
     if here is None:
-        macs_text = ("its MACs at that convention were not counted (rerun the complexity "
-                     "stage)")
+        macs_text = ("its MACs at that convention were not counted (params.yaml "
+                     "`complexity.published_conventions` is off)")
     else:
         macs_text = (f"{here:.1f} G at that convention ({m['counter']} with our handles; "
                      f"{naive:.1f} G with the counter's defaults) against {m['value']:g} G "

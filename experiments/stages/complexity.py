@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     published = load_published()
     payload = complexity_table(
         names, lambda name: build_model(name, sample_rate=sample_rate), seconds, sample_rate,
-        published, seed, workers=threads, conventions=published_conventions(published),
+        published, seed, workers=threads,
+        conventions=(published_conventions(published)
+                     if require(cfg, "complexity.published_conventions") else ()),
     )
     payload = {"environment": environment(cfg["profile"], threads),
                "settings": {"seconds": seconds, "sample_rate": sample_rate, "seed": seed},
