@@ -121,6 +121,8 @@ def test_speed_settings_errors_name_the_setting():
         speed.SpeedSettings.from_config({"speed": {**good, "device": "tpu"}})
     with pytest.raises(ConfigError, match="unknown `speed` settings"):
         speed.SpeedSettings.from_config({"speed": {**good, "batch": 3}})
+    with pytest.raises(ConfigError, match="speed.compile"):
+        speed.SpeedSettings.from_config({"speed": {**good, "compile": "yes"}})
 
 
 TINY_SETTINGS = speed.SpeedSettings(threads=1, infer_seconds=0.1, warmup=1, repeats=2,
@@ -133,6 +135,39 @@ def test_benchmark_model_in_process():
     assert result["infer_s_min"] <= result["infer_s_median"] <= result["infer_s_max"]
     assert result["rtf"] == pytest.approx(result["infer_s_median"] / 0.1)
     assert math.isfinite(result["peak_mem_mb"]) and math.isfinite(result["infer_peak_mem_mb"])
+
+
+def test_compiled_and_bf16_inference_are_measured_beside_eager():
+    settings = speed.SpeedSettings(**{**vars(TINY_SETTINGS), "compile": True, "bf16": True,
+                                      "repeats": 1, "train_repeats": 1})
+    result = speed.benchmark_model(TinySSMSeparator(), settings, sample_rate=8000)
+    assert result["compile_error"] == "", result["compile_error"]
+    assert result["compile_s"] > 0 and result["infer_s_compiled"] > 0
+    assert result["graph_breaks"] == 0  # one graph: rfft, multiply, irfft, slice
+    assert result["infer_s_bf16"] > 0 and result["bf16_native"] in (True, False)
+    # the FFT convolution follows autocast's fp32 list: bf16 leaves its output (almost) alone
+    assert result["bf16_vs_fp32_sisdr_db"] > 40
+
+
+class GraphBreak(nn.Module):
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        wav = wav * 2
+        torch._dynamo.graph_break()
+        return torch.stack([wav, -wav], 1)
+
+
+class Broken(nn.Module):
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no kernel for this")
+
+
+def test_graph_breaks_are_counted_and_a_failing_compile_is_reported_not_raised():
+    cpu = torch.device("cpu")
+    result = speed.compiled_inference(GraphBreak(), torch.randn(1, 80), TINY_SETTINGS, cpu)
+    assert result["graph_breaks"] >= 1 and result["compile_error"] == ""
+    result = speed.compiled_inference(Broken(), torch.randn(1, 80), TINY_SETTINGS, cpu)
+    assert "RuntimeError: no kernel for this" in result["compile_error"]
+    assert "infer_s_compiled" not in result
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():

@@ -282,3 +282,20 @@ def test_log_ticks_are_plain_numbers(lo: float, hi: float) -> None:
     assert len(labels) >= 3 and not minor
     assert all(float(label) > 0 and "10^" not in label and "times" not in label
                for label in labels)
+
+
+# ----------------------------------------------------------------------------------- MAC rate
+def test_mac_rate_per_mode_and_ratio_to_sepformer_in_the_same_mode() -> None:
+    complexity = pd.DataFrame({"model": ["s4m_tiny", "sepformer"],
+                               "macs_g_per_s_fvcore": [6.0, 69.0]}).set_index("model")
+    speed = pd.DataFrame({"model": ["s4m_tiny", "sepformer"], "infer_seconds": [4.0, 4.0],
+                          "infer_s_median": [1.2, 6.0], "infer_s_compiled": [0.6, None],
+                          "infer_s_bf16": [None, None]}).set_index("model")
+    rates = report.mac_rate_table(complexity, speed).set_index(["model", "mode"])
+    assert rates.loc[("s4m_tiny", "eager"), "GMAC/s achieved"] == pytest.approx(24 / 1.2)
+    assert rates.loc[("sepformer", "eager"), "GMAC/s achieved"] == pytest.approx(276 / 6.0)
+    assert rates.loc[("s4m_tiny", "eager"), "time / sepformer"] == pytest.approx(0.2)
+    # a mode Sepformer was not measured in has no ratio; a mode nobody was measured in, no rows
+    assert pd.isna(rates.loc[("s4m_tiny", "compiled"), "time / sepformer"])
+    assert ("sepformer", "compiled") not in rates.index
+    assert "bf16" not in rates.index.get_level_values("mode")

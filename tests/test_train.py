@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -103,7 +104,12 @@ def test_outputs_model_metrics_and_curves(prepared: Path, tmp_path: Path) -> Non
     for key, value in model.state_dict().items():
         assert torch.equal(value, best[f"model.{key}"]), key
     live = json.loads((tmp_path / "dvclive/metrics.json").read_text())
-    assert "loss" in live["val"] and (tmp_path / "dvclive/plots/metrics/val/loss.tsv").is_file()
+    assert "loss" in live["val"]
+    # curves are indexed by optimizer steps done: a loss per step, one validation (epoch end)
+    curve = dict(train="train/loss", val="val/loss")
+    steps = {k: pd.read_csv(tmp_path / "dvclive/plots/metrics" / f"{v}.tsv", sep="\t")["step"]
+             for k, v in curve.items()}
+    assert list(steps["train"]) == [1, 2, 3] and list(steps["val"]) == [3]
     again = train(_cfg(prepared, max_epochs=1), "convtasnet", tmp_path, TINY_CONVTASNET)
     assert again["resumed"] and again["steps"] == 3  # a finished run does no more steps
     lowered = train(_cfg(prepared, max_epochs=1, max_steps=2), "convtasnet", tmp_path,

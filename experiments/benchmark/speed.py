@@ -38,11 +38,17 @@ MIB = 2**20
 LENGTH_COLUMNS = ("model", "length_s", "status", "infer_s", "rtf", "peak_mem_mb", "device",
                   "threads", "repeats", "mem_method")
 
+# speed.compile: torch.compile'd inference beside eager (compile_s: compilation and first call;
+# graph_breaks: dynamo's count; compile_error: why it failed, the stage goes on)
+COMPILED_COLUMNS = ("infer_s_compiled", "compile_s", "graph_breaks", "compile_error")
+# speed.bf16: inference under bfloat16 autocast and its output's SI-SDR against float32's on the
+# same input (dB); bf16_native: the CPU has AVX512-BF16 or AMX (elsewhere oneDNN emulates bf16)
+BF16_COLUMNS = ("infer_s_bf16", "bf16_vs_fp32_sisdr_db", "bf16_native")
 COLUMNS = (
     "model", "device", "threads", "params_m", "infer_seconds", "infer_s_median", "infer_s_min",
     "infer_s_max", "rtf", "infer_peak_mem_mb", "train_batch", "train_seconds", "train_step_s",
     "train_step_s_min", "train_step_s_max", "peak_mem_mb", "warmup", "repeats", "train_repeats",
-    "mem_method",
+    "mem_method", *COMPILED_COLUMNS, *BF16_COLUMNS,
 )
 
 # The issue's goals for S4M-tiny, checked by this benchmark (not by a timed test).
@@ -65,6 +71,8 @@ class SpeedSettings:
     lengths_s: tuple[float, ...] = (1.0, 4.0, 16.0, 60.0)
     length_repeats: int = 1
     length_timeout_s: float = 120.0
+    compile: bool = False
+    bf16: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
@@ -95,6 +103,9 @@ class SpeedSettings:
         for name in ("infer_seconds", "train_seconds", "timeout_s", "length_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
+        for name in ("compile", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"params.yaml: `speed.{name}` must be true or false")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,6 +185,52 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int,
     return times
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def bf16_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,
+                   device: torch.device) -> dict[str, Any]:
+    """Inference time under bfloat16 autocast, and how far its output is from float32's."""
+    from experiments.evaluation.metrics import si_sdr
+
+    with torch.inference_mode():
+        reference = model(wav)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            times = time_calls(lambda: model(wav), settings.warmup, settings.repeats, device)
+            estimate = model(wav)
+    return {"infer_s_bf16": statistics.median(times),
+            "bf16_vs_fp32_sisdr_db": float(si_sdr(estimate.float(), reference).mean()),
+            "bf16_native": device.type == "cuda" or cpu_has_bf16()}
+
+
+def compiled_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,
+                       device: torch.device) -> dict[str, Any]:
+    """torch.compile (inductor) inference: compile time (the first call), median time of the
+    compiled model and dynamo's graph-break count. A failure is recorded, not raised."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model)
+    try:
+        with torch.inference_mode():
+            compile_s = time_calls(lambda: compiled(wav), 0, 1, device)[0]
+            times = time_calls(lambda: compiled(wav), settings.warmup, settings.repeats, device)
+    except Exception as err:  # noqa: BLE001 - any compiler failure is a result to report
+        return {"compile_error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return {"infer_s_compiled": statistics.median(times), "compile_s": compile_s,
+            "graph_breaks": breaks, "compile_error": ""}
+
+
 def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int, seed: int = 0,
                     ) -> dict[str, Any]:
     """Inference and training-step timings and peak memory of one model, in this process."""
@@ -191,6 +248,8 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
         n_src = model(wav[:, : sample_rate // 10]).shape[1]
     with torch.inference_mode(), PeakMemory(device) as infer_mem:
         infer = time_calls(lambda: model(wav), settings.warmup, settings.repeats, device)
+    modes = {**(bf16_inference(model, wav, settings, device) if settings.bf16 else {}),
+             **(compiled_inference(model, wav, settings, device) if settings.compile else {})}
     targets = torch.randn(settings.train_batch, n_src, train_len, device=device)
     loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
 
@@ -217,7 +276,7 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
         "train_step_s_max": max(train), "train_step_s_all": train,
         "peak_mem_mb": train_mem.mib,
         "warmup": settings.warmup, "repeats": settings.repeats,
-        "train_repeats": settings.train_repeats, "mem_method": train_mem.method,
+        "train_repeats": settings.train_repeats, "mem_method": train_mem.method, **modes,
     }
 
 

@@ -172,6 +172,32 @@ def load_results(models: list[str], reports: Path, runs: Path = RUNS) -> pd.Data
     return pd.DataFrame(rows)
 
 
+SPEED_MODES = {"eager": "infer_s_median", "compiled": "infer_s_compiled", "bf16": "infer_s_bf16"}
+
+
+def mac_rate_table(complexity: pd.DataFrame, speed: pd.DataFrame,
+                   reference: str = "sepformer") -> pd.DataFrame:
+    """Inference time per mode measured by the speed stage (eager; compiled and bf16 when
+    `speed.compile` / `speed.bf16` were on), the MAC rate it achieves (fvcore MACs of the input
+    / time) and the time ratio to `reference` in the same mode."""
+    rows = []
+    for mode, column in SPEED_MODES.items():
+        if column not in speed or speed[column].isna().all():
+            continue
+        times = speed[column]
+        for model, seconds in times.items():
+            if model not in complexity.index or pd.isna(seconds):
+                continue
+            audio_s = float(speed.loc[model, "infer_seconds"])
+            gmacs = float(complexity.loc[model, "macs_g_per_s_fvcore"]) * audio_s
+            ref = times.get(reference)
+            rows.append({"model": model, "mode": mode, "audio s": audio_s, "time s": seconds,
+                         "GMAC/s achieved": gmacs / seconds,
+                         f"time / {reference}": (seconds / ref if ref and pd.notna(ref)
+                                                 else None)})
+    return pd.DataFrame(rows)
+
+
 def _env_of(payload: dict[str, Any] | None, key: str = "environment") -> dict[str, Any]:
     return (payload or {}).get(key) or {}
 
@@ -636,9 +662,16 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
     lengths_md = ("\n## Inference time against input length (s, batch 1)\n\n"
                   f"{length_md}"
                   "\nFigure: `figures/speed_vs_length.png` (time and peak memory, log-log).\n")
+    rates = mac_rate_table(pd.read_csv(reports / "complexity.csv").set_index("model"),
+                           pd.read_csv(reports / "speed.csv").set_index("model"))
+    rates_md = ("\n## Inference: achieved MAC rate (batch 1, speed.json's threads)\n\n"
+                "GMAC/s achieved = the model's fvcore MACs on the input / inference time: how "
+                "close each model runs to the machine's arithmetic limit. Modes beyond eager "
+                "appear with `speed.compile` / `speed.bf16` on.\n\n"
+                f"{markdown_table(rates, '.3g') if len(rates) else 'not measured'}")
     _write_csv(reports / "results.csv", results)
     write_text(reports / "results.md",
-               f"# Results\n\n{scope}\n\n{markdown_table(display)}{lengths_md}"
+               f"# Results\n\n{scope}\n\n{markdown_table(display)}{lengths_md}{rates_md}"
                f"{_measured_with(where)}{env_md}")
     caption = f"Results, profile {cfg['profile']}" + (
         "" if verdict.is_result else f" ({NOT_A_RESULT})")

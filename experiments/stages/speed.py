@@ -19,7 +19,9 @@ import pandas as pd
 
 from experiments.atomic import write_table, write_text
 from experiments.benchmark.speed import (
+    BF16_COLUMNS,
     COLUMNS,
+    COMPILED_COLUMNS,
     LENGTH_COLUMNS,
     REGISTRY_FACTORY,
     SpeedSettings,
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     write_text(Path(args.out_dir, "speed_vs_length.csv"),
                pd.DataFrame(lengths, columns=list(LENGTH_COLUMNS)).to_csv(index=False))
     csv_path, json_path = write_table(payload, args.out_dir, "speed", COLUMNS)
-    print(pd.DataFrame(payload["rows"])[list(SHOWN)].to_string(index=False, float_format="%.3f"))
+    shown = [*SHOWN, *(COMPILED_COLUMNS if settings.compile else ()),
+             *(BF16_COLUMNS if settings.bf16 else ())]
+    print(pd.DataFrame(payload["rows"])[shown].to_string(index=False, float_format="%.3f"))
     print(format_goals(payload["summary"]))
     print(pd.DataFrame(lengths).to_string(index=False, float_format="%.3f"))
     print(f"wrote {csv_path}, {json_path} and speed_vs_length.csv (timings on a shared machine "

@@ -399,8 +399,6 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     if interval and steps is not None and steps > 0:
         interval = min(interval, steps)  # a budget shorter than the interval still validates
     max_time = train_cfg["max_time_s"]
-    from dvclive.lightning import DVCLiveLogger
-
     trainer = pl.Trainer(
         accelerator=train_cfg["accelerator"], devices=train_cfg["devices"],
         num_nodes=train_cfg["num_nodes"], strategy=train_cfg["strategy"],
@@ -412,8 +410,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         limit_val_batches=train_cfg["limit_val_batches"],
         gradient_clip_val=train_cfg["grad_clip"], gradient_clip_algorithm="norm",
         callbacks=[best_ckpt, stopper], plugins=[AtomicCheckpointIO()],
-        logger=DVCLiveLogger(dir=str(out_dir / "dvclive"), resume=resume, save_dvc_exp=False,
-                             dvcyaml=None),
+        logger=steps_done_logger(out_dir / "dvclive", resume),
         log_every_n_steps=train_cfg["log_every_n_steps"],
         enable_progress_bar=train_cfg["progress_bar"], enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False,
@@ -459,6 +456,22 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
 # Budget settings may grow between a run and its resumption (e.g. a longer max_time_s).
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time_s", "progress_bar")
 LIMITS = ("max_steps", "max_epochs", "max_time_s")  # None or -1: no limit
+
+
+def steps_done_logger(directory: Path, resume: bool) -> Any:
+    """DVCLive's Lightning logger with every metric logged at the optimizer steps done.
+
+    Lightning logs the k-th step's training loss, and the validation after it, at step k - 1;
+    DVCLive 3.x's logger reads step 0 as "no step" and writes it at its previous step + 1, which
+    put the first validation after the second step's loss. Shifted by one, the steps are exact
+    and never 0."""
+    from dvclive.lightning import DVCLiveLogger
+
+    class StepsDoneLogger(DVCLiveLogger):
+        def log_metrics(self, metrics: Any, step: int | None = None, sync: bool = False) -> None:
+            super().log_metrics(metrics, None if step is None else step + 1, sync)
+
+    return StepsDoneLogger(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
 
 def _same_run(last: Path, run_config: dict[str, Any]) -> bool:
