@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,14 +24,6 @@ CELL = "ablate@3-8-s4d"
 DISPATCHED = [*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), CELL]
 pytestmark = pytest.mark.slow  # real stage processes: 9 smoke stages, a minute each here
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-
-
-def _project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\n")
-    return [f for f in listed if f and (REPO / f).is_file() and not f.startswith("reports/")]
 
 
 def _run(root: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -53,14 +44,11 @@ def _status(root: Path, *targets: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def grid_repo(tmp_path_factory) -> Path:
+def grid_repo(tmp_path_factory, copy_project) -> Path:
     """The project with profile smoke and a 2-model, 1-cell grid, prepared (data and MAC counts)
     and committed."""
     root = tmp_path_factory.mktemp("grid")
-    for rel in _project_files():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
+    copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["models"] = MODELS

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,23 +27,12 @@ PLAIN_ENV = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/local/bin:/u
              "LANG": "C.UTF-8"}
 
 
-def _project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\n")
-    return [f for f in listed if f and (REPO / f).is_file() and not f.startswith("reports/")]
-
-
 @pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory) -> Path:
+def smoke_repo(tmp_path_factory, copy_project) -> Path:
     """A committed copy of the project (sources only, no reports), profile smoke, smaller grid,
     with this checkout's .venv linked in so that `make`'s setup step finds it installed."""
     root = tmp_path_factory.mktemp("repo")
-    for rel in _project_files():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
+    copy_project(root)
     (root / ".venv").symlink_to(REPO / ".venv")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
