@@ -103,13 +103,14 @@ def test_counting_in_forked_workers_gives_the_same_table():
 
 def test_complexity_cli_on_the_registry(tmp_path):
     params = yaml.safe_load(open("params.yaml"))
-    params["complexity"] = {"seconds": 0.05}
+    params["complexity"] = {"seconds": 0.05, "published_conventions": False}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     complexity_stage.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path),
                      "--models", "convtasnet"])
     (row,) = _read_csv(tmp_path / "complexity.csv")
     assert row["model"] == "convtasnet" and float(row["params_m"]) == pytest.approx(5.05, 0.01)
     assert float(row["macs_g_per_s_fvcore"]) > 1 and float(row["macs_g_per_s_ptflops"]) > 1
+    assert json.loads((tmp_path / "complexity.json").read_text())["conventions"] == []
 
 
 def test_speed_settings_errors_name_the_setting():
