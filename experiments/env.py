@@ -1,4 +1,5 @@
-"""The environment block every report carries: commit, versions, device, threads, profile, date."""
+"""The environment block every report carries (commit, versions, device, threads, profile, date)
+and what the CPU computes natively."""
 
 from __future__ import annotations
 
@@ -77,3 +78,15 @@ def environment(profile: str, threads: int, device: Any = "cpu") -> dict[str, st
 def environment_markdown(env: dict[str, str]) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in env.items())
     return f"| environment | |\n|---|---|\n{rows}\n"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX flags); elsewhere bf16
+    autocast is emulated: the same numbers, many times slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))

@@ -143,6 +143,16 @@ def test_local_dispatch_kill_collect_and_rerun(grid_repo: Path) -> None:
     print(f"local dispatch test: {time.monotonic() - started:.0f} s")
 
 
+@pytest.fixture
+def dispatched_grid(grid_repo: Path) -> Path:
+    """grid_repo with every dispatched stage done: by the local dispatch test when it ran
+    first, otherwise by a local dispatch here, so that each later test also runs alone."""
+    if _status(grid_repo, "train", "evaluate", "ablate"):
+        run = _dispatch(grid_repo, "--executor", "local", "--wait", "--collect")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return grid_repo
+
+
 def _slurm_or_skip() -> None:
     try:
         probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
@@ -158,8 +168,9 @@ def _slurm_or_skip() -> None:
     pytest.skip(message)
 
 
-def test_slurm_dispatch_job_arrays(grid_repo: Path) -> None:
+def test_slurm_dispatch_job_arrays(dispatched_grid: Path) -> None:
     _slurm_or_skip()
+    grid_repo = dispatched_grid
     # both trainings pending again (model.pt gone); they resume from their last.ckpt
     for model in MODELS:
         (grid_repo / f"runs/{model}/model.pt").unlink()
@@ -186,11 +197,11 @@ def _git(root: Path, *args: str) -> None:
     subprocess.run([*GIT, *args], cwd=root, check=True, capture_output=True)
 
 
-def test_remote_push_pull_shares_cached_results(grid_repo: Path, tmp_path: Path) -> None:
+def test_remote_push_pull_shares_cached_results(dispatched_grid: Path, tmp_path: Path) -> None:
     """A lab pushes to a DVC remote on a shared folder; a fresh clone pulls the cached outputs
     (data, models, metrics, curves, evaluation examples) and finds every dispatched stage up to
     date; only resume checkpoints (not outputs) stay behind."""
-    dvc = str(BIN / "dvc")
+    grid_repo, dvc = dispatched_grid, str(BIN / "dvc")
     remote = tmp_path / "remote"
     for cmd in (["remote", "add", "-d", "shared", str(remote)], ["push"]):
         run = _run(grid_repo, dvc, *cmd)

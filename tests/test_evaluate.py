@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from experiments import registry
-from experiments.config import load_profile
+from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
 from experiments.evaluation import evaluate as evaluate_module
 from experiments.evaluation.evaluate import evaluate, summarize
@@ -78,6 +78,22 @@ def test_outputs_and_statistics(prepared: Path, model_file: Path, tmp_path: Path
                                       torch.stack([read["est1"], read["est2"]]), 8000)
     assert perm == (0, 1)
     assert values["si_sdr_i"] == pytest.approx(frame.iloc[0]["si_sdr_i"], abs=1e-3)
+
+
+def test_bf16_check_beside_float32(prepared: Path, model_file: Path, tmp_path: Path) -> None:
+    fp32 = evaluate(_cfg(prepared), model_file, "tiny", tmp_path / "fp32")
+    both = evaluate(_cfg(prepared, bf16=True), model_file, "tiny", tmp_path / "bf16")
+    frame = pd.read_csv(tmp_path / "bf16" / "per_utterance.csv")
+    assert list(frame.columns)[-2:] == ["si_sdr_i_bf16", "bf16_vs_fp32_si_sdr"]
+    for metric in ("si_sdr_i", "sdr_i"):  # float32's numbers are untouched
+        assert both["metrics"][metric] == fp32["metrics"][metric]
+    # bf16 keeps 8 significant bits: the outputs agree to roughly 20-50 dB, not exactly
+    assert (frame["bf16_vs_fp32_si_sdr"].between(10, 80)).all()
+    gap = (frame["si_sdr_i_bf16"] - frame["si_sdr_i"]).abs()
+    assert (gap < 1.0).all() and (gap > 0).any()
+    assert isinstance(both["bf16_native"], bool) and "bf16_native" not in fp32
+    with pytest.raises(ConfigError, match="evaluate.bf16"):
+        evaluate(_cfg(prepared, bf16="on"), model_file, "x", tmp_path / "bad")
 
 
 class _Passthrough(torch.nn.Module):

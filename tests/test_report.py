@@ -299,3 +299,24 @@ def test_mac_rate_per_mode_and_ratio_to_sepformer_in_the_same_mode() -> None:
     assert pd.isna(rates.loc[("s4m_tiny", "compiled"), "time / sepformer"])
     assert ("sepformer", "compiled") not in rates.index
     assert "bf16" not in rates.index.get_level_values("mode")
+
+
+def test_bf16_evaluation_section_only_for_models_it_ran_for(tmp_path: Path) -> None:
+    reports, runs = _stage_outputs(tmp_path, si_sdri=-3.0, steps=20)
+    path = reports / "eval" / "s4m_tiny" / "summary.json"
+    summary = json.loads(path.read_text())
+    low = _metrics(-3.2)["si_sdr_i"]
+    summary["metrics"] |= {"si_sdr_i_bf16": low, "bf16_vs_fp32_si_sdr": low | {"mean": 38.5}}
+    _write(path, summary)
+    report.build_reports(_cfg(), reports, runs)
+    results = pd.read_csv(reports / "results.csv").set_index("model")
+    assert results.loc["s4m_tiny", "si_sdri_bf16_db"] == -3.2
+    assert results.loc["s4m_tiny", "bf16_vs_fp32_sisdr_db"] == 38.5
+    assert results.drop("s4m_tiny")["si_sdri_bf16_db"].isna().all()
+    section = (reports / "results.md").read_text().split("## bfloat16 inference")[1]
+    section = section.split("\n## ")[0]
+    assert f"SI-SDRi bf16 autocast (dB), {NOT_A_RESULT}" in section
+    assert "| s4m_tiny" in section and "38.50" in section and "sepformer" not in section
+    _stage_outputs(tmp_path, si_sdri=-3.0, steps=20)  # evaluate.bf16 off: no section
+    report.build_reports(_cfg(), reports, runs)
+    assert "bfloat16" not in (reports / "results.md").read_text()

@@ -1,13 +1,18 @@
 """S4M-tiny vs Sepformer inference time on one thread, interleaved, medians (issue 17).
 
     python tools/infer_ratio.py [--seconds 4] [--repeats 5] [--models s4m_tiny sepformer]
-                                [--compile] [--train]
+                                [--compile] [--train] [--profile]
 
 Each repeat times every model once, in turn, so machine-load drifts hit all of them alike.
 Prints each model's median and min and the ratios of the first model's median to the others'.
 `--compile` also times `torch.compile`d copies (their compile time = the first call's).
 `--train` times a training step instead (batch 2 of `--seconds`, PIT SI-SDR loss, backward), as
 the speed stage does; compare with `--models s4m_tiny convtasnet --seconds 2`.
+`--profile` then profiles one eager inference per model (torch.profiler, self CPU time): time
+per kind of op, the GEMMs' achieved GMAC/s, the streaming bandwidth of one thread (an
+elementwise pass over a float32 map), how many passes over such a map the non-GEMM time of each
+model would stream at that bandwidth, and the first model's ratio to the others if only its GEMMs
+cost time: the floor its ratio could reach with every other op free.
 """
 
 from __future__ import annotations
@@ -40,6 +45,72 @@ def train_step(model: torch.nn.Module, mix: torch.Tensor) -> Callable[[torch.Ten
     return step
 
 
+# aten ops by kind (self CPU time); everything else is "other"
+KINDS = {
+    "gemm": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"),
+    "conv": ("aten::mkldnn_convolution", "aten::convolution_overrideable",
+             "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"),
+    "norm": ("aten::native_group_norm", "aten::native_layer_norm", "aten::native_batch_norm"),
+    "fft": ("aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c"),
+}
+
+
+def op_profile(model: torch.nn.Module, wav: torch.Tensor) -> tuple[dict[str, float], float]:
+    """Self CPU seconds per kind of op in one inference, and the GEMMs' multiply-adds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU],
+                                         with_flops=True) as prof:
+        model(wav)
+    seconds = dict.fromkeys([*KINDS, "other"], 0.0)
+    gemm_macs = 0.0
+    for event in prof.key_averages():
+        kind = next((k for k, names in KINDS.items() if event.key in names), "other")
+        seconds[kind] += event.self_cpu_time_total / 1e6
+        if kind == "gemm":
+            gemm_macs += event.flops / 2
+    return seconds, gemm_macs
+
+
+MAP = (4008, 512)  # S4M-tiny's full-rate map for 4 s at 8 kHz: 8.2 MB, larger than the caches
+
+
+def stream_gb_per_s(repeats: int = 20) -> float:
+    """Bytes read and written per second by one elementwise pass over a float32 `MAP`."""
+    x = torch.randn(*MAP)
+    out = torch.empty_like(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mul(x, 1.5, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * x.numel() * x.element_size() / min(times) / 1e9
+
+
+def print_profile(models: dict[str, torch.nn.Module], wav: torch.Tensor,
+                  med: dict[str, float]) -> None:
+    bandwidth = stream_gb_per_s()
+    print(f"\nprofile of one eager inference (self CPU s); one-thread stream bandwidth "
+          f"{bandwidth:.1f} GB/s")
+    map_bytes = 2 * MAP[0] * MAP[1] * 4  # one read and one write
+    print(f"{'model':<12}" + "".join(f"{k:>8}" for k in [*KINDS, "other"]) +
+          f"{'total':>8}{'GEMM GMAC/s':>13}{'non-GEMM map passes':>21}")
+    rows = {}
+    for name, model in models.items():
+        seconds, macs = op_profile(model, wav)
+        rows[name] = seconds, macs
+        total = sum(seconds.values())
+        rate = macs / seconds["gemm"] / 1e9 if seconds["gemm"] else float("nan")
+        passes = (total - seconds["gemm"]) * bandwidth * 1e9 / map_bytes
+        print(f"{name:<12}" + "".join(f"{v:8.3f}" for v in seconds.values()) +
+              f"{total:8.3f}{rate:13.1f}{passes:21.0f}")
+    first, *rest = models
+    seconds, _ = rows[first]
+    for other in rest:
+        print(f"floor {first}/{other}: GEMMs only {seconds['gemm'] / med[other]:.3f}; "
+              f"measured {med[first] / med[other]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -49,15 +120,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["s4m_tiny", "sepformer"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--train", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    if args.train and args.compile:
-        parser.error("--train times eager training steps only")
+    if args.train and (args.compile or args.profile):
+        parser.error("--train times eager training steps only, unprofiled")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wav = torch.randn(2 if args.train else 1, round(args.seconds * args.sample_rate))
-    runs = {}
+    runs, models = {}, {}
     for name in args.models:
-        model = build_model(name, sample_rate=args.sample_rate).eval()
+        model = models[name] = build_model(name, sample_rate=args.sample_rate).eval()
         runs[name] = train_step(model, wav) if args.train else model
         if args.compile:
             compiled = torch.compile(model)
@@ -90,6 +162,8 @@ def main() -> None:
     if args.compile:
         for name in args.models:
             print(f"{name} compiled/eager: {med[name + '+compile'] / med[name]:.3f}")
+    if args.profile:
+        print_profile(models, wav, med)
 
 
 if __name__ == "__main__":

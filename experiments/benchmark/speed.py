@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from experiments.config import ConfigError, require
+from experiments.env import cpu_has_bf16
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
 MIB = 2**20
@@ -183,17 +184,6 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int,
             fn()
             times.append(time.perf_counter() - t0)
     return times
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def bf16_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,

@@ -3,7 +3,9 @@
 `evaluate()` writes to its `out_dir`, each file through a temporary name:
 - `per_utterance.csv`: utt_id, length_s, perm, si_sdr, si_sdr_i, sdr, sdr_i (+ stoi/pesq and
   their improvements when `evaluate.extra_metrics` asks for them), definitions in
-  `experiments.evaluation.metrics`;
+  `experiments.evaluation.metrics`; with `evaluate.bf16` also `si_sdr_i_bf16` (the same model
+  under bfloat16 autocast, sources ordered as float32's) and `bf16_vs_fp32_si_sdr` (the bf16
+  estimates' SI-SDR against the float32 ones: how much precision the model loses);
 - `summary.json`: mean, std, 95% confidence interval (Student t) and count per metric, plus the
   environment block;
 - `examples/<utt>_{mix,ref1,ref2,est1,est2}.wav` for the first `evaluate.n_examples`
@@ -29,8 +31,8 @@ from tqdm import tqdm
 
 from experiments.atomic import atomic_path, write_text
 from experiments.config import ConfigError, require
-from experiments.env import environment
-from experiments.evaluation.metrics import check_optional_metrics, separation_metrics
+from experiments.env import cpu_has_bf16, environment
+from experiments.evaluation.metrics import check_optional_metrics, separation_metrics, si_sdr
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -81,6 +83,17 @@ def _utt_id(raw: Any, index: int) -> str:
     return str(raw) if raw is not None else f"utt{index:05d}"
 
 
+def bf16_metrics(model: torch.nn.Module, mixture: torch.Tensor, sources: torch.Tensor,
+                 estimates: torch.Tensor, perm: tuple[int, ...]) -> dict[str, float]:
+    """The model's output under CPU bfloat16 autocast against its float32 `estimates` and, in
+    their order `perm` (a precision check, not a second evaluation), against the references."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(mixture[None])[0].float()
+    mixture_sisdr = si_sdr(mixture.expand_as(sources), sources)
+    return {"si_sdr_i_bf16": float((si_sdr(low[list(perm)], sources) - mixture_sisdr).mean()),
+            "bf16_vs_fp32_si_sdr": float(si_sdr(low, estimates).mean())}
+
+
 def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: str | Path,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluates the model file on the test split, writes the outputs; returns the summary
@@ -94,6 +107,9 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
     n_examples = int(require(cfg, "evaluate.n_examples"))
     extra_metrics = list(require(cfg, "evaluate.extra_metrics") or [])
     threads = int(require(cfg, "threads"))
+    bf16 = require(cfg, "evaluate.bf16")
+    if not isinstance(bf16, bool):
+        raise ConfigError(f"params.yaml: evaluate.bf16={bf16!r}; use true or false")
     if max_utts is not None and (not isinstance(max_utts, int) or max_utts < 1):
         raise ConfigError("params.yaml: evaluate.max_utterances must be a positive int or null")
     check_optional_metrics(extra_metrics)
@@ -122,6 +138,8 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
                              f"match the references {tuple(sources.shape)}")
         values, perm = separation_metrics(mixture, sources, estimates, sample_rate,
                                           extra_metrics)
+        if bf16:
+            values |= bf16_metrics(model, mixture, sources, estimates, perm)
         utt = _utt_id(raw_id, index)
         rows.append({"utt_id": utt, "length_s": mixture.numel() / sample_rate,
                      "perm": "".join(map(str, perm)), **values})
@@ -142,6 +160,7 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
         "dataset": str(data_cfg["out_dir"]), "count": count,
         "metrics": {m: summarize(frame[m].tolist()) for m in metric_names},
         "env": environment(str(cfg.get("profile")), threads),
+        **({"bf16_native": cpu_has_bf16()} if bf16 else {}),
         **(extra or {}),
     }
     write_text(out_dir / "per_utterance.csv", frame.to_csv(index=False))

@@ -167,9 +167,29 @@ def load_results(models: list[str], reports: Path, runs: Path = RUNS) -> pd.Data
             "macs_g_per_s": float(cost["macs_g_per_s_fvcore"]),
             "macs_g_per_s_ptflops": float(cost["macs_g_per_s_ptflops"]),
             "rtf": float(_row(speed, model, reports / "speed.csv", "speed")["rtf"]),
+            # evaluate.bf16: the same test mixtures under bf16 autocast (NaN when off)
+            **{column: summary["metrics"].get(metric, {}).get("mean", math.nan)
+               for column, metric in BF16_EVAL.items()},
             **training_record(runs, model),
         })
     return pd.DataFrame(rows)
+
+
+BF16_EVAL = {"si_sdri_bf16_db": "si_sdr_i_bf16", "bf16_vs_fp32_sisdr_db": "bf16_vs_fp32_si_sdr"}
+
+
+def bf16_markdown(results: pd.DataFrame, verdict: Verdict) -> str:
+    """Section on evaluate.bf16's check, for the models it ran for."""
+    measured = results.dropna(subset=list(BF16_EVAL))
+    if measured.empty:
+        return ""
+    table = measured[["model", "si_sdri_db", *BF16_EVAL]].rename(columns={
+        "si_sdri_db": verdict.label("SI-SDRi float32 (dB)"),
+        "si_sdri_bf16_db": verdict.label("SI-SDRi bf16 autocast (dB)"),
+        "bf16_vs_fp32_sisdr_db": "bf16 output vs float32's, SI-SDR (dB)"})
+    return ("\n## bfloat16 inference on the test mixtures (evaluate.bf16)\n\n"
+            "Each model's trained weights run again under CPU bfloat16 autocast on the same test "
+            "mixtures; sources in float32's order.\n\n" + markdown_table(table))
 
 
 SPEED_MODES = {"eager": "infer_s_median", "compiled": "infer_s_compiled", "bf16": "infer_s_bf16"}
@@ -671,7 +691,8 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
                 f"{markdown_table(rates, '.3g') if len(rates) else 'not measured'}")
     _write_csv(reports / "results.csv", results)
     write_text(reports / "results.md",
-               f"# Results\n\n{scope}\n\n{markdown_table(display)}{lengths_md}{rates_md}"
+               f"# Results\n\n{scope}\n\n{markdown_table(display)}{bf16_markdown(results, verdict)}"
+               f"{lengths_md}{rates_md}"
                f"{_measured_with(where)}{env_md}")
     caption = f"Results, profile {cfg['profile']}" + (
         "" if verdict.is_result else f" ({NOT_A_RESULT})")

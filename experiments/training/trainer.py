@@ -46,7 +46,7 @@ TRAIN_KEYS = (
     "segment_s", "batch_size", "max_steps", "max_epochs", "max_time_s", "lr", "loss",
     "weight_decay", "ssm_lr", "grad_clip", "lr_factor", "lr_patience", "early_stop_patience",
     "val_check_interval", "limit_val_batches", "log_every_n_steps", "export", "accelerator",
-    "devices", "num_nodes", "strategy", "num_workers", "precision", "progress_bar",
+    "devices", "num_nodes", "strategy", "num_workers", "precision", "progress_bar", "compile",
 )
 CKPT_DIR, LAST, BEST = "checkpoints", "last.ckpt", "best.ckpt"
 
@@ -271,6 +271,8 @@ def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"params.yaml: train.{key} must be a positive integer")
     if not (isinstance(train["segment_s"], int | float) and train["segment_s"] > 0):
         raise ConfigError("params.yaml: train.segment_s must be a positive number of seconds")
+    if not isinstance(train["compile"], bool):
+        raise ConfigError(f"params.yaml: train.compile={train['compile']!r}; use true or false")
     return train
 
 
@@ -374,6 +376,8 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     model = build_model(model_name, sample_rate=require(cfg, "data.sample_rate"),
                         **model_overrides)
     model_rate = int(getattr(model, "sample_rate", data_cfg["sample_rate"]))
+    if train_cfg["compile"]:
+        model.compile()  # in place: the state dict, checkpoints and export keep their keys
     train_set = load_split(data_cfg, "train", train_cfg["segment_s"], model_rate)
     val_set = load_split(data_cfg, "dev", train_cfg["segment_s"], model_rate)
 
@@ -453,8 +457,9 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     return metrics
 
 
-# Budget settings may grow between a run and its resumption (e.g. a longer max_time_s).
-BUDGET_KEYS = ("max_steps", "max_epochs", "max_time_s", "progress_bar")
+# Settings that may change between a run and its resumption: budgets may grow (e.g. a longer
+# max_time_s); the progress bar and compiling change no result.
+BUDGET_KEYS = ("max_steps", "max_epochs", "max_time_s", "progress_bar", "compile")
 LIMITS = ("max_steps", "max_epochs", "max_time_s")  # None or -1: no limit
 
 
