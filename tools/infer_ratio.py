@@ -8,11 +8,11 @@ Prints each model's median and min and the ratios of the first model's median to
 `--compile` also times `torch.compile`d copies (their compile time = the first call's).
 `--train` times a training step instead (batch 2 of `--seconds`, PIT SI-SDR loss, backward), as
 the speed stage does; compare with `--models s4m_tiny convtasnet --seconds 2`.
-`--profile` then profiles one eager inference per model (torch.profiler, self CPU time): time
-per kind of op, the GEMMs' achieved GMAC/s, the streaming bandwidth of one thread (an
-elementwise pass over a float32 map), how many passes over such a map the non-GEMM time of each
-model would stream at that bandwidth, and the first model's ratio to the others if only its GEMMs
-cost time: the floor its ratio could reach with every other op free.
+`--profile` then profiles one inference per model (and per compiled model with `--compile`)
+(torch.profiler, self CPU time): time per kind of op, the GEMMs' achieved GMAC/s, the streaming
+bandwidth of one thread (an elementwise pass over a float32 map), how many passes over such a map
+the non-GEMM time of each model would stream at that bandwidth, and the first model's ratio to the
+others if only its GEMMs cost time: the floor its ratio could reach with every other op free.
 """
 
 from __future__ import annotations
@@ -45,17 +45,23 @@ def train_step(model: torch.nn.Module, mix: torch.Tensor) -> Callable[[torch.Ten
     return step
 
 
-# aten ops by kind (self CPU time); everything else is "other"
+# ops by kind (self CPU time); everything else is "other". "inductor": the kernels a compiled
+# graph generated (its call's self time); eager runs have none.
 KINDS = {
-    "gemm": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"),
+    "gemm": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+             "mkl::_mkl_linear"),
     "conv": ("aten::mkldnn_convolution", "aten::convolution_overrideable",
-             "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"),
+             "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d",
+             "mkldnn::_convolution_pointwise"),
     "norm": ("aten::native_group_norm", "aten::native_layer_norm", "aten::native_batch_norm"),
     "fft": ("aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c"),
+    "copy": ("aten::copy_",),
+    "inductor": ("## Call CompiledFxGraph None ##",),
 }
 
 
-def op_profile(model: torch.nn.Module, wav: torch.Tensor) -> tuple[dict[str, float], float]:
+def op_profile(model: Callable[[torch.Tensor], object], wav: torch.Tensor,
+               ) -> tuple[dict[str, float], float]:
     """Self CPU seconds per kind of op in one inference, and the GEMMs' multiply-adds."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -68,7 +74,7 @@ def op_profile(model: torch.nn.Module, wav: torch.Tensor) -> tuple[dict[str, flo
         kind = next((k for k, names in KINDS.items() if event.key in names), "other")
         seconds[kind] += event.self_cpu_time_total / 1e6
         if kind == "gemm":
-            gemm_macs += event.flops / 2
+            gemm_macs += (event.flops or 0) / 2
     return seconds, gemm_macs
 
 
@@ -87,24 +93,24 @@ def stream_gb_per_s(repeats: int = 20) -> float:
     return 2 * x.numel() * x.element_size() / min(times) / 1e9
 
 
-def print_profile(models: dict[str, torch.nn.Module], wav: torch.Tensor,
+def print_profile(models: dict[str, Callable[[torch.Tensor], object]], wav: torch.Tensor,
                   med: dict[str, float]) -> None:
     bandwidth = stream_gb_per_s()
     print(f"\nprofile of one eager inference (self CPU s); one-thread stream bandwidth "
           f"{bandwidth:.1f} GB/s")
     map_bytes = 2 * MAP[0] * MAP[1] * 4  # one read and one write
-    print(f"{'model':<12}" + "".join(f"{k:>8}" for k in [*KINDS, "other"]) +
+    print(f"{'model':<20}" + "".join(f"{k:>9}" for k in [*KINDS, "other"]) +
           f"{'total':>8}{'GEMM GMAC/s':>13}{'non-GEMM map passes':>21}")
     rows = {}
     for name, model in models.items():
         seconds, macs = op_profile(model, wav)
         rows[name] = seconds, macs
         total = sum(seconds.values())
-        rate = macs / seconds["gemm"] / 1e9 if seconds["gemm"] else float("nan")
+        rate = macs / seconds["gemm"] / 1e9 if macs and seconds["gemm"] else float("nan")
         passes = (total - seconds["gemm"]) * bandwidth * 1e9 / map_bytes
-        print(f"{name:<12}" + "".join(f"{v:8.3f}" for v in seconds.values()) +
+        print(f"{name:<20}" + "".join(f"{v:9.3f}" for v in seconds.values()) +
               f"{total:8.3f}{rate:13.1f}{passes:21.0f}")
-    first, *rest = models
+    first, *rest = (name for name in models if not name.endswith("+compile"))
     seconds, _ = rows[first]
     for other in rest:
         print(f"floor {first}/{other}: GEMMs only {seconds['gemm'] / med[other]:.3f}; "
@@ -127,9 +133,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wav = torch.randn(2 if args.train else 1, round(args.seconds * args.sample_rate))
-    runs, models = {}, {}
+    runs = {}
     for name in args.models:
-        model = models[name] = build_model(name, sample_rate=args.sample_rate).eval()
+        model = build_model(name, sample_rate=args.sample_rate).eval()
         runs[name] = train_step(model, wav) if args.train else model
         if args.compile:
             compiled = torch.compile(model)
@@ -162,8 +168,8 @@ def main() -> None:
     if args.compile:
         for name in args.models:
             print(f"{name} compiled/eager: {med[name + '+compile'] / med[name]:.3f}")
-    if args.profile:
-        print_profile(models, wav, med)
+    if args.profile:  # eager and, with --compile, compiled
+        print_profile(runs, wav, med)
 
 
 if __name__ == "__main__":
