@@ -18,6 +18,7 @@ others if only its GEMMs cost time: the floor its ratio could reach with every o
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -60,14 +61,25 @@ KINDS = {
 }
 
 
-def op_profile(model: Callable[[torch.Tensor], object], wav: torch.Tensor,
+def op_profile(model: Callable[[torch.Tensor], object], wav: torch.Tensor, top: int = 0,
                ) -> tuple[dict[str, float], float]:
-    """Self CPU seconds per kind of op in one inference, and the GEMMs' multiply-adds."""
+    """Self CPU seconds per kind of op in one inference, and the GEMMs' multiply-adds; prints
+    the `top` ops by input shape with the bytes per second they move (float32 inputs read and
+    an output as large as the largest input written)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU],
-                                         with_flops=True) as prof:
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], with_flops=True,
+                                         record_shapes=top > 0) as prof:
         model(wav)
+    if top:
+        events = sorted(prof.key_averages(group_by_input_shape=True),
+                        key=lambda e: -e.self_cpu_time_total)[:top]
+        for event in events:
+            sizes = [math.prod(s) for s in event.input_shapes if s]
+            seconds = event.self_cpu_time_total / 1e6
+            moved = 4 * (sum(sizes) + max(sizes, default=0)) * event.count
+            print(f"  {seconds:7.3f} s {event.key:<30} x{event.count:<4} "
+                  f"{moved / seconds / 1e9 if seconds else 0:6.1f} GB/s  {event.input_shapes}")
     seconds = dict.fromkeys([*KINDS, "other"], 0.0)
     gemm_macs = 0.0
     for event in prof.key_averages():
@@ -103,7 +115,10 @@ def print_profile(models: dict[str, Callable[[torch.Tensor], object]], wav: torc
           f"{'total':>8}{'GEMM GMAC/s':>13}{'non-GEMM map passes':>21}")
     rows = {}
     for name, model in models.items():
-        seconds, macs = op_profile(model, wav)
+        top = 12 if name == next(iter(models)) else 0
+        if top:
+            print(f"{name}: top {top} ops by input shape, then its row")
+        seconds, macs = op_profile(model, wav, top)
         rows[name] = seconds, macs
         total = sum(seconds.values())
         rate = macs / seconds["gemm"] / 1e9 if macs and seconds["gemm"] else float("nan")
