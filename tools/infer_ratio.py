@@ -57,7 +57,7 @@ KINDS = {
     "norm": ("aten::native_group_norm", "aten::native_layer_norm", "aten::native_batch_norm"),
     "fft": ("aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c"),
     "copy": ("aten::copy_",),
-    "inductor": ("## Call CompiledFxGraph None ##",),
+    "inductor": (),  # "## Call CompiledFxGraph <name> ##" events
 }
 
 
@@ -83,7 +83,8 @@ def op_profile(model: Callable[[torch.Tensor], object], wav: torch.Tensor, top: 
     seconds = dict.fromkeys([*KINDS, "other"], 0.0)
     gemm_macs = 0.0
     for event in prof.key_averages():
-        kind = next((k for k, names in KINDS.items() if event.key in names), "other")
+        kind = "inductor" if event.key.startswith("## Call CompiledFxGraph") else next(
+            (k for k, names in KINDS.items() if event.key in names), "other")
         seconds[kind] += event.self_cpu_time_total / 1e6
         if kind == "gemm":
             gemm_macs += (event.flops or 0) / 2
