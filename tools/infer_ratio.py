@@ -10,9 +10,9 @@ Prints each model's median and min and the ratios of the first model's median to
 the speed stage does; compare with `--models s4m_tiny convtasnet --seconds 2`.
 `--profile` then profiles one inference per model (and per compiled model with `--compile`)
 (torch.profiler, self CPU time): time per kind of op, the GEMMs' achieved GMAC/s, the streaming
-bandwidth of one thread (an elementwise pass over a float32 map), how many passes over such a map
-the non-GEMM time of each model would stream at that bandwidth, and the first model's ratio to the
-others if only its GEMMs cost time: the floor its ratio could reach with every other op free.
+bandwidth of one thread (an elementwise pass over a float32 map, to compare with the top ops'), and
+the first model's ratio to the others if only its GEMMs cost time: the floor its ratio could reach
+with every other op free.
 """
 
 from __future__ import annotations
@@ -109,11 +109,10 @@ def stream_gb_per_s(repeats: int = 20) -> float:
 def print_profile(models: dict[str, Callable[[torch.Tensor], object]], wav: torch.Tensor,
                   med: dict[str, float]) -> None:
     bandwidth = stream_gb_per_s()
-    print(f"\nprofile of one eager inference (self CPU s); one-thread stream bandwidth "
+    print(f"\nprofile of one inference per model (self CPU s); one-thread stream bandwidth "
           f"{bandwidth:.1f} GB/s")
-    map_bytes = 2 * MAP[0] * MAP[1] * 4  # one read and one write
     print(f"{'model':<20}" + "".join(f"{k:>9}" for k in [*KINDS, "other"]) +
-          f"{'total':>8}{'GEMM GMAC/s':>13}{'non-GEMM map passes':>21}")
+          f"{'total':>8}{'GEMM GMAC/s':>13}")
     rows = {}
     for name, model in models.items():
         top = 12 if name == next(iter(models)) else 0
@@ -123,9 +122,8 @@ def print_profile(models: dict[str, Callable[[torch.Tensor], object]], wav: torc
         rows[name] = seconds, macs
         total = sum(seconds.values())
         rate = macs / seconds["gemm"] / 1e9 if macs and seconds["gemm"] else float("nan")
-        passes = (total - seconds["gemm"]) * bandwidth * 1e9 / map_bytes
         print(f"{name:<20}" + "".join(f"{v:9.3f}" for v in seconds.values()) +
-              f"{total:8.3f}{rate:13.1f}{passes:21.0f}")
+              f"{total:8.3f}{rate:13.1f}")
     first, *rest = (name for name in models if not name.endswith("+compile"))
     seconds, _ = rows[first]
     for other in rest:
