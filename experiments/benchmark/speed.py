@@ -11,6 +11,8 @@ memory allocated before the calls.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import multiprocessing
 import os
@@ -125,12 +127,23 @@ def _proc_status_kib(field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
+def _release_free_heap() -> None:
+    """glibc's malloc_trim(0): return free heap pages, also those inside the heap, to the
+    system; other C libraries go without."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory above the level at entry, in MiB (`.mib` after the block).
 
     CPU: the resident set's high-water mark, reset on entry where Linux allows it
     ("hwm_reset"); elsewhere the process's lifetime peak (ru_maxrss), which is exact only for
-    the first, largest measurement ("ru_maxrss"). CUDA: max_memory_allocated.
+    the first, largest measurement ("ru_maxrss"). On entry the C allocator hands its free pages
+    back to the system: memory freed earlier but still resident would otherwise be reused
+    without raising the resident set, and the block's own allocations would go unseen.
+    CUDA: max_memory_allocated.
     """
 
     def __init__(self, device: torch.device):
@@ -143,6 +156,7 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda_max_allocated"
             return self
+        _release_free_heap()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
