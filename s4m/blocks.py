@@ -155,6 +155,9 @@ class MultiScaleBlock(nn.Module):
         length = int(length)  # a size read under torch.jit.trace is a 0-d tensor
         return {str(s): m.layer.kernel_fft(length >> s) for s, m in self.ssm_layers().items()}
 
+    # torch.compile compiles one pass and reuses it for all of the model's passes (eager: no-op);
+    # unrolling the passes instead took minutes longer to compile and ran slower than eager
+    @torch.compiler.nested_compile_region
     def forward(self, x: Tensor, kernels: dict[str, Tensor] | None = None) -> Tensor:
         kernels = kernels if kernels is not None else self.kernel_ffts(x.shape[-1])
         depth = self.num_scales

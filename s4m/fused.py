@@ -14,6 +14,9 @@ ran in (that of the incoming gradient) and accumulates its weight gradient in fl
 gLN statistics are summed in float32 (a variance is a difference of two sums, which half
 precision would cancel away).
 
+Under torch.compile the depthwise convs, gLN and pooling are written as elementwise ops and
+reductions instead (see `_compiling`), the same maths in a form the compiler fuses.
+
 `s4m.blocks` uses this path while `is_enabled()`; `enabled(False)` gives the reference path
 (plain torch modules) that the tests compare it with.
 """
@@ -48,6 +51,14 @@ def enabled(flag: bool) -> Iterator[None]:
         yield
     finally:
         _ENABLED = previous
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing: inductor then gets the depthwise convs, gLN and pooling
+    as plain elementwise ops and reductions on the (B, T, C) view, which it fuses with their
+    neighbours into a few loops; given the oneDNN calls it would copy every map to
+    channels-first and back around them."""
+    return torch.compiler.is_compiling()
 
 
 def _autograd(*tensors: Tensor | None) -> bool:
@@ -86,11 +97,19 @@ def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
 
 def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
     """Global layer norm of a (B, C, T) map through the channels-last group norm."""
+    if _compiling():
+        x_t = x.transpose(1, 2)  # (B, T, C)
+        centred = x_t - x_t.mean((1, 2), keepdim=True)
+        var = centred.square().mean((1, 2), keepdim=True)
+        return (centred * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
     return F.group_norm(time_major(x)[:, :, None], 1, gamma, beta, eps).squeeze(2)
 
 
 def avg_pool(x: Tensor, r: int) -> Tensor:
     """Average pooling by `r` along time, channels-last."""
+    if _compiling():
+        b, c, t = x.shape
+        return x.transpose(1, 2)[:, : t // r * r].reshape(b, t // r, r, c).mean(2).transpose(1, 2)
     return F.avg_pool2d(time_major(x)[:, :, None], (1, r)).squeeze(2)
 
 
@@ -105,6 +124,12 @@ def depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: 
 
 
 def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
+    if _compiling():
+        x_t = F.pad(x.transpose(1, 2), (0, 0, pad, pad))  # (B, T + 2 pad, C)
+        k = weight.shape[-1]
+        n = (x_t.shape[1] - k) // stride + 1
+        y = sum(x_t[:, j: j + stride * (n - 1) + 1: stride] * weight[:, 0, j] for j in range(k))
+        return (y if bias is None else y + bias).transpose(1, 2)
     y = F.conv2d(time_major(x)[:, :, None], weight[:, :, None], bias, (1, stride), (0, pad), 1,
                  x.shape[1])
     return y.squeeze(2)

@@ -124,6 +124,19 @@ def test_speed_settings_errors_name_the_setting():
         speed.SpeedSettings.from_config({"speed": {**good, "batch": 3}})
     with pytest.raises(ConfigError, match="speed.compile"):
         speed.SpeedSettings.from_config({"speed": {**good, "compile": "yes"}})
+    with pytest.raises(ConfigError, match="speed.bf16"):
+        speed.SpeedSettings.from_config({"speed": {**good, "bf16": "yes"}})
+
+
+def test_bf16_auto_times_bf16_only_where_it_is_native(monkeypatch):
+    good = vars(speed.SpeedSettings())
+    auto = speed.SpeedSettings.from_config({"speed": {**good, "bf16": "auto"}})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(speed, "cpu_has_bf16", lambda native=native: native)
+        assert auto.runs_bf16(cpu) is native and auto.runs_bf16(cuda)
+        assert speed.SpeedSettings(bf16=True).runs_bf16(cpu)
+        assert not speed.SpeedSettings(bf16=False).runs_bf16(cpu)
 
 
 TINY_SETTINGS = speed.SpeedSettings(threads=1, infer_seconds=0.1, warmup=1, repeats=2,
@@ -145,6 +158,7 @@ def test_compiled_and_bf16_inference_are_measured_beside_eager():
     assert result["compile_error"] == "", result["compile_error"]
     assert result["compile_s"] > 0 and result["infer_s_compiled"] > 0
     assert result["graph_breaks"] == 0  # one graph: rfft, multiply, irfft, slice
+    assert result["compiled_vs_eager_sisdr_db"] > 60  # float rounding only
     assert result["infer_s_bf16"] > 0 and result["bf16_native"] in (True, False)
     # the FFT convolution follows autocast's fp32 list: bf16 leaves its output (almost) alone
     assert result["bf16_vs_fp32_sisdr_db"] > 40
@@ -246,3 +260,7 @@ def test_goal_ratios():
     assert not goals["train_step_s4m_tiny_over_convtasnet"]["met"]  # 1.5x Conv-TasNet
     assert goals["train_mem_s4m_tiny_over_released"]["measured"] == pytest.approx(2 / 9.3)
     assert "MISSED" in speed.format_goals(goals)
+    assert "infer_compiled_s4m_tiny_over_sepformer" not in goals  # speed.compile off
+    rows[0]["infer_s_compiled"], rows[1]["infer_s_compiled"] = 0.4, 2.0
+    compiled = speed.goal_ratios(rows, load_published())["infer_compiled_s4m_tiny_over_sepformer"]
+    assert compiled["measured"] == pytest.approx(0.2) and not compiled["met"]

@@ -290,6 +290,8 @@ def test_mac_rate_per_mode_and_ratio_to_sepformer_in_the_same_mode() -> None:
                                "macs_g_per_s_fvcore": [6.0, 69.0]}).set_index("model")
     speed = pd.DataFrame({"model": ["s4m_tiny", "sepformer"], "infer_seconds": [4.0, 4.0],
                           "infer_s_median": [1.2, 6.0], "infer_s_compiled": [0.6, None],
+                          "compile_s": [70.0, None], "graph_breaks": [0, None],
+                          "compiled_vs_eager_sisdr_db": [95.0, None],
                           "infer_s_bf16": [None, None]}).set_index("model")
     rates = report.mac_rate_table(complexity, speed).set_index(["model", "mode"])
     assert rates.loc[("s4m_tiny", "eager"), "GMAC/s achieved"] == pytest.approx(24 / 1.2)
@@ -299,6 +301,12 @@ def test_mac_rate_per_mode_and_ratio_to_sepformer_in_the_same_mode() -> None:
     assert pd.isna(rates.loc[("s4m_tiny", "compiled"), "time / sepformer"])
     assert ("sepformer", "compiled") not in rates.index
     assert "bf16" not in rates.index.get_level_values("mode")
+    compiled = rates.loc[("s4m_tiny", "compiled")]
+    assert (compiled["compile s"], compiled["graph breaks"]) == (70.0, 0)
+    assert compiled["vs eager SI-SDR (dB)"] == 95.0
+    assert rates.loc[("s4m_tiny", "eager"), ["compile s", "vs eager SI-SDR (dB)"]].isna().all()
+    eager_only = report.mac_rate_table(complexity, speed[["infer_seconds", "infer_s_median"]])
+    assert "compile s" not in eager_only and "vs eager SI-SDR (dB)" not in eager_only
 
 
 def test_bf16_evaluation_section_only_for_models_it_ran_for(tmp_path: Path) -> None:

@@ -250,11 +250,14 @@ def test_fused_fusion_matches_reference(kernel, glob_len):
         _same(g_fast, g_ref)
 
 
+@pytest.mark.parametrize("compiler_form", [False, True])
 @pytest.mark.parametrize("name, overrides", [
     ("s4m_tiny", {}), ("s4m", {}), ("s4m", dict(num_scales=3, ssm="s4d")),
 ])
-def test_fused_model_matches_reference(name, overrides):
-    """The whole model in float64: outputs and every parameter's gradient, both paths."""
+def test_fused_model_matches_reference(name, overrides, compiler_form, monkeypatch):
+    """The whole model in float64: outputs and every parameter's gradient, both paths; the
+    fused path also in the form it takes under torch.compile, here run eagerly."""
+    monkeypatch.setattr(fused, "_compiling", lambda: compiler_form)
     torch.manual_seed(0)
     model = build_s4m(name, **{**SMALL, **overrides}).double().train()
     wav = torch.randn(2, 300, dtype=torch.float64)

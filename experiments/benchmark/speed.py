@@ -14,11 +14,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import math
 import multiprocessing
 import os
 import re
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -41,9 +43,12 @@ MIB = 2**20
 LENGTH_COLUMNS = ("model", "length_s", "status", "infer_s", "rtf", "peak_mem_mb", "device",
                   "threads", "repeats", "mem_method")
 
-# speed.compile: torch.compile'd inference beside eager (compile_s: compilation and first call;
-# graph_breaks: dynamo's count; compile_error: why it failed, the stage goes on)
-COMPILED_COLUMNS = ("infer_s_compiled", "compile_s", "graph_breaks", "compile_error")
+# speed.compile: torch.compile'd inference beside eager (compile_s: compilation and first call,
+# with an empty compiler cache; graph_breaks: dynamo's count; compiled_vs_eager_sisdr_db: the
+# compiled output's SI-SDR against eager's on the same input; compile_error: why it failed, the
+# stage goes on)
+COMPILED_COLUMNS = ("infer_s_compiled", "compile_s", "graph_breaks", "compiled_vs_eager_sisdr_db",
+                    "compile_error")
 # speed.bf16: inference under bfloat16 autocast and its output's SI-SDR against float32's on the
 # same input (dB); bf16_native: the CPU has AVX512-BF16 or AMX (elsewhere oneDNN emulates bf16)
 BF16_COLUMNS = ("infer_s_bf16", "bf16_vs_fp32_sisdr_db", "bf16_native")
@@ -75,7 +80,7 @@ class SpeedSettings:
     length_repeats: int = 1
     length_timeout_s: float = 120.0
     compile: bool = False
-    bf16: bool = False
+    bf16: bool | str = False  # true | false | auto: where bf16 is native (see `runs_bf16`)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
@@ -106,9 +111,18 @@ class SpeedSettings:
         for name in ("infer_seconds", "train_seconds", "timeout_s", "length_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
-        for name in ("compile", "bf16"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"params.yaml: `speed.{name}` must be true or false")
+        if not isinstance(self.compile, bool):
+            raise ConfigError("params.yaml: `speed.compile` must be true or false")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise ConfigError(f"params.yaml: `speed.bf16` must be true, false or auto, "
+                              f"got {self.bf16!r}")
+
+    def runs_bf16(self, device: torch.device) -> bool:
+        """Whether bf16 inference is timed: `bf16: auto` times it on CUDA and on CPUs that
+        compute bf16 natively, and skips the emulated path (minutes per model elsewhere)."""
+        if self.bf16 == "auto":
+            return device.type == "cuda" or cpu_has_bf16()
+        return self.bf16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,21 +232,31 @@ def bf16_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,
 def compiled_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,
                        device: torch.device) -> dict[str, Any]:
     """torch.compile (inductor) inference: compile time (the first call), median time of the
-    compiled model and dynamo's graph-break count. A failure is recorded, not raised."""
+    compiled model, dynamo's graph-break count and how far the compiled output is from eager's.
+    A failure is recorded, not raised. Compilation starts from an empty compiler cache, so that
+    compile_s does not depend on what an earlier run left on disk."""
     import torch._dynamo
+
+    from experiments.evaluation.metrics import si_sdr
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model)
-    try:
-        with torch.inference_mode():
-            compile_s = time_calls(lambda: compiled(wav), 0, 1, device)[0]
-            times = time_calls(lambda: compiled(wav), settings.warmup, settings.repeats, device)
-    except Exception as err:  # noqa: BLE001 - any compiler failure is a result to report
-        return {"compile_error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    with (tempfile.TemporaryDirectory(prefix="inductor-") as cache,
+          mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache})):
+        try:
+            with torch.inference_mode():
+                reference = model(wav)
+                compile_s = time_calls(lambda: compiled(wav), 0, 1, device)[0]
+                times = time_calls(lambda: compiled(wav), settings.warmup, settings.repeats,
+                                   device)
+                agreement = float(si_sdr(compiled(wav), reference).mean())
+        except Exception as err:  # noqa: BLE001 - any compiler failure is a result to report
+            return {"compile_error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
     return {"infer_s_compiled": statistics.median(times), "compile_s": compile_s,
-            "graph_breaks": breaks, "compile_error": ""}
+            "graph_breaks": breaks, "compiled_vs_eager_sisdr_db": agreement,
+            "compile_error": ""}
 
 
 def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int, seed: int = 0,
@@ -252,7 +276,8 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
         n_src = model(wav[:, : sample_rate // 10]).shape[1]
     with torch.inference_mode(), PeakMemory(device) as infer_mem:
         infer = time_calls(lambda: model(wav), settings.warmup, settings.repeats, device)
-    modes = {**(bf16_inference(model, wav, settings, device) if settings.bf16 else {}),
+    modes = {**(bf16_inference(model, wav, settings, device) if settings.runs_bf16(device)
+                else {}),
              **(compiled_inference(model, wav, settings, device) if settings.compile else {})}
     targets = torch.randn(settings.train_batch, n_src, train_len, device=device)
     loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
@@ -414,6 +439,10 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any]) -> dict[s
             "goal_max": GOAL_INFER_VS_SEPFORMER,
             "released_code": _ratio(released.get("infer_4s_s"), sep.get("infer_4s_s")),
         }
+        compiled = [by[m].get("infer_s_compiled") for m in ("s4m_tiny", "sepformer")]
+        if all(isinstance(t, float) and math.isfinite(t) for t in compiled):
+            out["infer_compiled_s4m_tiny_over_sepformer"] = {
+                "measured": compiled[0] / compiled[1], "goal_max": GOAL_INFER_VS_SEPFORMER}
     if "convtasnet" in by:
         out["train_step_s4m_tiny_over_convtasnet"] = {
             "measured": tiny["train_step_s"] / by["convtasnet"]["train_step_s"],

@@ -193,13 +193,16 @@ def bf16_markdown(results: pd.DataFrame, verdict: Verdict) -> str:
 
 
 SPEED_MODES = {"eager": "infer_s_median", "compiled": "infer_s_compiled", "bf16": "infer_s_bf16"}
+# per mode, the speed.csv column with its output's SI-SDR against eager float32's
+SPEED_AGREEMENT = {"compiled": "compiled_vs_eager_sisdr_db", "bf16": "bf16_vs_fp32_sisdr_db"}
 
 
 def mac_rate_table(complexity: pd.DataFrame, speed: pd.DataFrame,
                    reference: str = "sepformer") -> pd.DataFrame:
     """Inference time per mode measured by the speed stage (eager; compiled and bf16 when
     `speed.compile` / `speed.bf16` were on), the MAC rate it achieves (fvcore MACs of the input
-    / time) and the time ratio to `reference` in the same mode."""
+    / time), the time ratio to `reference` in the same mode, the output's SI-SDR against eager
+    float32's, and for compiled mode the compile time and graph breaks."""
     rows = []
     for mode, column in SPEED_MODES.items():
         if column not in speed or speed[column].isna().all():
@@ -211,11 +214,17 @@ def mac_rate_table(complexity: pd.DataFrame, speed: pd.DataFrame,
             audio_s = float(speed.loc[model, "infer_seconds"])
             gmacs = float(complexity.loc[model, "macs_g_per_s_fvcore"]) * audio_s
             ref = times.get(reference)
+            agreement = speed.loc[model].get(SPEED_AGREEMENT.get(mode, ""))
             rows.append({"model": model, "mode": mode, "audio s": audio_s, "time s": seconds,
                          "GMAC/s achieved": gmacs / seconds,
                          f"time / {reference}": (seconds / ref if ref and pd.notna(ref)
-                                                 else None)})
-    return pd.DataFrame(rows)
+                                                 else None),
+                         "vs eager SI-SDR (dB)": agreement,
+                         "compile s": speed.loc[model].get("compile_s") if mode == "compiled"
+                         else None,
+                         "graph breaks": speed.loc[model].get("graph_breaks")
+                         if mode == "compiled" else None})
+    return pd.DataFrame(rows).dropna(axis=1, how="all")  # columns of modes not measured
 
 
 def _env_of(payload: dict[str, Any] | None, key: str = "environment") -> dict[str, Any]:

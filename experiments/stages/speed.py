@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                pd.DataFrame(lengths, columns=list(LENGTH_COLUMNS)).to_csv(index=False))
     csv_path, json_path = write_table(payload, args.out_dir, "speed", COLUMNS)
     shown = [*SHOWN, *(COMPILED_COLUMNS if settings.compile else ()),
-             *(BF16_COLUMNS if settings.bf16 else ())]
+             *(BF16_COLUMNS if settings.runs_bf16(device) else ())]
     print(pd.DataFrame(payload["rows"])[shown].to_string(index=False, float_format="%.3f"))
     print(format_goals(payload["summary"]))
     print(pd.DataFrame(lengths).to_string(index=False, float_format="%.3f"))
