@@ -10,6 +10,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from experiments.config import ConfigError
+
 PACKAGES = ("torch", "asteroid", "speechbrain", "pytorch-lightning", "fvcore", "ptflops", "dvc")
 
 
@@ -90,3 +92,13 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def runs_bf16(value: bool | str, setting: str, device_type: str = "cpu") -> bool:
+    """Whether a bf16 check runs, from its setting: true, false, or auto (on CUDA and on CPUs
+    that compute bf16 natively; elsewhere emulated bf16 costs minutes per model)."""
+    if value == "auto":
+        return device_type == "cuda" or cpu_has_bf16()
+    if not isinstance(value, bool):
+        raise ConfigError(f"params.yaml: `{setting}` must be true, false or auto, got {value!r}")
+    return value

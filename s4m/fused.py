@@ -99,9 +99,9 @@ def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
     """Global layer norm of a (B, C, T) map through the channels-last group norm."""
     if _compiling():
         x_t = x.transpose(1, 2)  # (B, T, C)
-        centred = x_t - x_t.mean((1, 2), keepdim=True)
-        var = centred.square().mean((1, 2), keepdim=True)
-        return (centred * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
+        mean = x_t.mean((1, 2), keepdim=True)
+        var = (x_t.square().mean((1, 2), keepdim=True) - mean.square()).clamp_min(0)
+        return ((x_t - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
     return F.group_norm(time_major(x)[:, :, None], 1, gamma, beta, eps).squeeze(2)
 
 

@@ -13,6 +13,7 @@ import yaml
 from asteroid.models import ConvTasNet
 from torch import nn
 
+import experiments.env
 from experiments import atomic
 from experiments.benchmark import speed
 from experiments.complexity import macs as complexity
@@ -133,7 +134,7 @@ def test_bf16_auto_times_bf16_only_where_it_is_native(monkeypatch):
     auto = speed.SpeedSettings.from_config({"speed": {**good, "bf16": "auto"}})
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(speed, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(experiments.env, "cpu_has_bf16", lambda native=native: native)
         assert auto.runs_bf16(cpu) is native and auto.runs_bf16(cuda)
         assert speed.SpeedSettings(bf16=True).runs_bf16(cpu)
         assert not speed.SpeedSettings(bf16=False).runs_bf16(cpu)

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from scipy import stats
 
+import experiments.env
 from experiments import registry
 from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
@@ -94,6 +95,15 @@ def test_bf16_check_beside_float32(prepared: Path, model_file: Path, tmp_path: P
     assert isinstance(both["bf16_native"], bool) and "bf16_native" not in fp32
     with pytest.raises(ConfigError, match="evaluate.bf16"):
         evaluate(_cfg(prepared, bf16="on"), model_file, "x", tmp_path / "bad")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_auto_runs_the_check_where_bf16_is_native(prepared: Path, model_file: Path,
+                                                       tmp_path: Path, monkeypatch,
+                                                       native: bool) -> None:
+    monkeypatch.setattr(experiments.env, "cpu_has_bf16", lambda: native)
+    summary = evaluate(_cfg(prepared, bf16="auto"), model_file, "tiny", tmp_path)
+    assert ("si_sdr_i_bf16" in summary["metrics"]) is native
 
 
 class _Passthrough(torch.nn.Module):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from experiments.config import ConfigError, require
-from experiments.env import cpu_has_bf16
+from experiments.env import cpu_has_bf16, runs_bf16
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
 MIB = 2**20
@@ -80,7 +80,7 @@ class SpeedSettings:
     length_repeats: int = 1
     length_timeout_s: float = 120.0
     compile: bool = False
-    bf16: bool | str = False  # true | false | auto: where bf16 is native (see `runs_bf16`)
+    bf16: bool | str = False  # true | false | auto (where bf16 is native)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
@@ -113,16 +113,11 @@ class SpeedSettings:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
         if not isinstance(self.compile, bool):
             raise ConfigError("params.yaml: `speed.compile` must be true or false")
-        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
-            raise ConfigError(f"params.yaml: `speed.bf16` must be true, false or auto, "
-                              f"got {self.bf16!r}")
+        runs_bf16(self.bf16, "speed.bf16")
 
     def runs_bf16(self, device: torch.device) -> bool:
-        """Whether bf16 inference is timed: `bf16: auto` times it on CUDA and on CPUs that
-        compute bf16 natively, and skips the emulated path (minutes per model elsewhere)."""
-        if self.bf16 == "auto":
-            return device.type == "cuda" or cpu_has_bf16()
-        return self.bf16
+        """Whether bf16 inference is timed (`bf16: auto`: where bf16 is native)."""
+        return runs_bf16(self.bf16, "speed.bf16", device.type)
 
 
 def resolve_device(name: str) -> torch.device:

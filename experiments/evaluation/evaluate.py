@@ -3,9 +3,10 @@
 `evaluate()` writes to its `out_dir`, each file through a temporary name:
 - `per_utterance.csv`: utt_id, length_s, perm, si_sdr, si_sdr_i, sdr, sdr_i (+ stoi/pesq and
   their improvements when `evaluate.extra_metrics` asks for them), definitions in
-  `experiments.evaluation.metrics`; with `evaluate.bf16` also `si_sdr_i_bf16` (the same model
-  under bfloat16 autocast, sources ordered as float32's) and `bf16_vs_fp32_si_sdr` (the bf16
-  estimates' SI-SDR against the float32 ones: how much precision the model loses);
+  `experiments.evaluation.metrics`; with `evaluate.bf16` (true, or auto on a CPU with native
+  bf16) also `si_sdr_i_bf16` (the same model under bfloat16 autocast, sources ordered as
+  float32's) and `bf16_vs_fp32_si_sdr` (the bf16 estimates' SI-SDR against the float32 ones: how
+  much precision the model loses);
 - `summary.json`: mean, std, 95% confidence interval (Student t) and count per metric, plus the
   environment block;
 - `examples/<utt>_{mix,ref1,ref2,est1,est2}.wav` for the first `evaluate.n_examples`
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from experiments.atomic import atomic_path, write_text
 from experiments.config import ConfigError, require
-from experiments.env import cpu_has_bf16, environment
+from experiments.env import cpu_has_bf16, environment, runs_bf16
 from experiments.evaluation.metrics import check_optional_metrics, separation_metrics, si_sdr
 
 
@@ -107,9 +108,7 @@ def evaluate(cfg: dict[str, Any], model_path: str | Path, name: str, out_dir: st
     n_examples = int(require(cfg, "evaluate.n_examples"))
     extra_metrics = list(require(cfg, "evaluate.extra_metrics") or [])
     threads = int(require(cfg, "threads"))
-    bf16 = require(cfg, "evaluate.bf16")
-    if not isinstance(bf16, bool):
-        raise ConfigError(f"params.yaml: evaluate.bf16={bf16!r}; use true or false")
+    bf16 = runs_bf16(require(cfg, "evaluate.bf16"), "evaluate.bf16")  # evaluation runs on CPU
     if max_utts is not None and (not isinstance(max_utts, int) or max_utts < 1):
         raise ConfigError("params.yaml: evaluate.max_utterances must be a positive int or null")
     check_optional_metrics(extra_metrics)
