@@ -97,8 +97,8 @@ def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
 
 def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
     """Global layer norm of a (B, C, T) map through the channels-last group norm."""
-    if _compiling():
-        x_t = x.transpose(1, 2)  # (B, T, C)
+    if _compiling():  # float32 statistics under autocast, as group_norm's
+        x_t = x.transpose(1, 2).to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
         mean = x_t.mean((1, 2), keepdim=True)
         var = (x_t.square().mean((1, 2), keepdim=True) - mean.square()).clamp_min(0)
         return ((x_t - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
