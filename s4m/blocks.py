@@ -42,6 +42,16 @@ def avg_pool(x: Tensor, r: int) -> Tensor:
     return fused.avg_pool(x, r) if fused.is_enabled() else F.avg_pool1d(x, r)
 
 
+class PReLU(nn.PReLU):
+    """`nn.PReLU` with one slope (same parameter), with `s4m.fused`'s backward on the fused path."""
+
+    def __init__(self):
+        super().__init__(num_parameters=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused.prelu(x, self.weight) if fused.is_enabled() else super().forward(x)
+
+
 class ConvNorm(nn.Module):
     """Conv1d ('same' padding for odd kernels) -> gLN -> optional PReLU."""
 
@@ -51,7 +61,7 @@ class ConvNorm(nn.Module):
         self.conv = Conv1d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups,
                            bias=bias)
         self.norm = GlobLN(c_out)
-        self.act = nn.PReLU() if act else None
+        self.act = PReLU() if act else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.conv(x))

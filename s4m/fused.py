@@ -2,13 +2,15 @@
 memory layout and with backward passes that suit a CPU.
 
 Maps are (B, C, T) but stored time-major ((B, T, C) memory, "channels-last"): on CPU the
-oneDNN depthwise convs, pooling and gLN are several times faster in that layout, 1x1 convs are
+oneDNN depthwise convs and pooling are several times faster in that layout, 1x1 convs are
 plain GEMMs on the (B, T, C) view, channel LayerNorms need no copies, and broadcasting a coarse
-map over time keeps the contiguous channel axis innermost. Each local/global fusion folds its
-gLN into one broadcast multiply-add instead of materialising upsampled copies.
+map over time keeps the contiguous channel axis innermost. The gLN is two reductions and one
+multiply-add on the (B, T, C) view, and each local/global fusion folds its gLN into one
+broadcast multiply-add instead of materialising upsampled copies.
 
-The autograd Functions below exist for their hand-written backward passes; when nothing needs a
-gradient (inference, the MAC counters) the same forward runs as plain aten ops. Under autocast
+The autograd Functions below exist for their hand-written backward passes (torch's CPU backward
+of group norm and PReLU runs several times slower than the passes they need); when nothing needs
+a gradient (inference, the MAC counters) the same forward runs as plain aten ops. Under autocast
 the convolutions and GEMMs follow it; the depthwise conv's backward runs in the dtype its forward
 ran in (that of the incoming gradient) and accumulates its weight gradient in float32, and the
 gLN statistics are summed in float32 (a variance is a difference of two sums, which half
@@ -96,13 +98,16 @@ def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
 
 
 def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-    """Global layer norm of a (B, C, T) map through the channels-last group norm."""
+    """Global layer norm of a (B, C, T) map, computed on its (B, T, C) view."""
     if _compiling():  # float32 statistics under autocast, as group_norm's
         x_t = x.transpose(1, 2).to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
         mean = x_t.mean((1, 2), keepdim=True)
         var = (x_t.square().mean((1, 2), keepdim=True) - mean.square()).clamp_min(0)
         return ((x_t - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
-    return F.group_norm(time_major(x)[:, :, None], 1, gamma, beta, eps).squeeze(2)
+    x_t = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
+    if _autograd(x, gamma, beta):
+        return GlobLN.apply(x_t, gamma, beta, eps).transpose(1, 2)
+    return GlobLN.forward(None, x_t, gamma, beta, eps).transpose(1, 2)
 
 
 def avg_pool(x: Tensor, r: int) -> Tensor:
@@ -211,6 +216,37 @@ class Depthwise(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+# ---- PReLU -------------------------------------------------------------------------------------
+
+
+def prelu(x: Tensor, weight: Tensor) -> Tensor:
+    """`F.prelu(x, weight)` for a single shared slope (weight (1,))."""
+    if _autograd(x, weight) and not _compiling():
+        return PReLU.apply(x, weight)
+    return F.prelu(x, weight)
+
+
+class PReLU(torch.autograd.Function):
+    """PReLU with one slope, with a backward of vectorised passes: torch's CPU PReLU backward
+    (and `torch.where` on a bool mask) runs about 20x slower than an elementwise pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.prelu(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        pos = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+        grad_x = torch.lerp(pos, grad, weight.to(grad.dtype)) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # sum of grad * x where x <= 0, accumulated in float32
+            grad_w = (grad - pos).mul_(x).sum(dtype=torch.promote_types(x.dtype, torch.float32))
+            grad_w = grad_w.reshape(weight.shape)
+        return grad_x, grad_w
+
+
 # ---- fusion ------------------------------------------------------------------------------------
 
 
@@ -223,69 +259,123 @@ def _align(x: Tensor, length: int) -> Tensor:
     return x[:, :, None]
 
 
-def _moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-sample sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1), and the
-    per-channel sums of q and q^2 over T ((B, C) each) they come from."""
+def _norm_stats(q: Tensor, w: Tensor | None, eps: float,
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """gLN statistics of w q for q (B, T, C), w (C,) or None (= 1): mean and 1/std ((B,) each),
+    and with w the per-channel sums of q and q^2 over T ((B, C) each) that w's gradient needs."""
     acc = torch.promote_types(q.dtype, torch.float32)  # float32 sums under autocast
-    sum_q, sum_sq = q.sum(1, dtype=acc), q.square().sum(1, dtype=acc)  # (T, C) rows: vectorised
-    if w is None:
-        return sum_q.sum(1), sum_sq.sum(1), sum_q, sum_sq
-    return (sum_q * w).sum(1), (sum_sq * w.square()).sum(1), sum_q, sum_sq
+    n = q.shape[1] * q.shape[2]
+    if w is None:  # two vectorised reductions, no temporaries
+        sum_q = sum_sq = None
+        s1 = q.sum((1, 2), dtype=acc)
+        s2 = torch.linalg.vector_norm(q, dim=(1, 2), dtype=acc).square()
+    else:
+        sum_q, sum_sq = q.sum(1, dtype=acc), q.square().sum(1, dtype=acc)  # (T, C) rows
+        s1, s2 = (sum_q * w).sum(1), (sum_sq * w.square()).sum(1)
+    mean = s1 / n
+    rstd = (s2 / n - mean.square()).clamp_min(0).add(eps).rsqrt()
+    return mean, rstd, sum_q, sum_sq
 
 
-def moments(q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(B,) sums of w q and (w q)^2 over q (B, T, C), w (C,) or None (= 1)."""
-    if _autograd(q, w):
-        return Moments.apply(q, w)
-    return _moments(q, w)[:2]
+def _norm_backward(grad_a: Tensor, grad_shift: Tensor, gamma: Tensor, w: Tensor | None,
+                   mean: Tensor, rstd: Tensor, n: int) -> tuple[Tensor, ...]:
+    """Back through gLN(w q) = a q + shift, a = gamma rstd w, shift = beta - gamma rstd mean,
+    given the gradients of a and shift ((B, C)): gamma's, beta's and w's direct gradient, and
+    the gradients of the sums s1 = sum of w q and s2 = sum of (w q)^2 over (T, C) ((B,) each)."""
+    ws = 1 if w is None else w
+    grad_gamma = (grad_a * ws * rstd[:, None] - grad_shift * (rstd * mean)[:, None]).sum(0)
+    grad_beta = grad_shift.sum(0)
+    grad_w = None if w is None else (grad_a * gamma * rstd[:, None]).sum(0)
+    grad_rstd = (gamma * (grad_a * ws - grad_shift * mean[:, None])).sum(1)
+    grad_mean = -(gamma * grad_shift).sum(1) * rstd
+    # rstd = (s2 / n - mean^2 + eps)^-1/2, mean = s1 / n
+    grad_var = -0.5 * grad_rstd * rstd**3
+    return grad_gamma, grad_beta, grad_w, (grad_mean - 2 * mean * grad_var) / n, grad_var / n
 
 
-class Moments(torch.autograd.Function):
-    """`moments` with a one-pass backward, d/dq = g1 w + 2 g2 w^2 q: autograd's square-and-
-    sum backward makes three full-size temporaries."""
+def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tensor,
+                     grad: Tensor, a: Tensor) -> Tensor:
+    """grad_q = grad a + d(s1, s2)/dq: grad and a broadcast over q, grad_s1, grad_s2 (B,);
+    two full-size passes, one new tensor."""
+    ws = 1 if w is None else w
+    lin = (grad_s1[:, None] * ws).view(q.shape[0], *[1] * (q.ndim - 2), -1)  # (B, 1.., C)
+    quad = (2 * grad_s2[:, None] * ws * ws).view_as(lin)
+    return torch.addcmul(lin, q, quad).addcmul_(grad, a)
+
+
+def norm_modulate(q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
+                  shift_g: Tensor, eps: float) -> Tensor:
+    """gLN(w q) * gate + shift_g for q (B, T', r, C) (a (B, T, C) map, T = T' r), w (C,) or
+    None (= 1), gLN's affine gamma, beta (C,), gate and shift_g (B, T', 1, C): one statistics
+    pass over q, then one broadcast multiply-add."""
+    if _autograd(q, w, gamma, beta, gate, shift_g):
+        return NormModulate.apply(q, w, gamma, beta, gate, shift_g, eps)
+    return NormModulate.forward(None, q, w, gamma, beta, gate, shift_g, eps)
+
+
+def _modulation(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rstd: Tensor,
+                gate: Tensor, shift_g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """coef, bias ((B, T', 1, C)) with gLN(w q) * gate + shift_g = q coef + bias, and the
+    per-sample scale and shift ((B, C)) of q's gLN: gLN(w q) = a q + shift."""
+    a = gamma * rstd[:, None]  # (B, C)
+    shift = beta - a * mean[:, None]
+    if w is not None:
+        a = a * w
+    coef = a[:, None, None] * gate
+    bias = torch.addcmul(shift_g, shift[:, None, None], gate)
+    return coef, bias, a, shift
+
+
+class NormModulate(torch.autograd.Function):
+    """`norm_modulate` with a hand-written backward: the full-size work is two sums over r and
+    grad_q in two passes (autograd makes several full-size temporaries and adds up two
+    gradients of q, from the statistics and from the multiply-add)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
-        s1, s2, sum_q, sum_sq = _moments(q, w)
-        ctx.save_for_backward(q, w, sum_q, sum_sq)
-        return s1, s2
-
-    @staticmethod
-    def backward(ctx, g1: Tensor, g2: Tensor):
-        q, w, sum_q, sum_sq = ctx.saved_tensors
-        g1, g2 = g1[:, None], 2 * g2[:, None]  # (B, 1)
-        lin, quad = (g1, g2) if w is None else (g1 * w, g2 * w.square())  # (B, 1 or C)
-        grad_q = torch.addcmul(lin[:, None], q, quad[:, None]) if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if w is not None and ctx.needs_input_grad[1]:
-            grad_w = (g1 * sum_q).sum(0) + w * (g2 * sum_sq).sum(0)
-        return grad_q, grad_w
-
-
-def modulate(q: Tensor, coef: Tensor, bias: Tensor) -> Tensor:
-    """addcmul(bias, q, coef) for q (B, T', r, C) and coef, bias (B, T', 1, C)."""
-    if _autograd(q, coef, bias):
-        return Modulate.apply(q, coef, bias)
-    return torch.addcmul(bias, q, coef)
-
-
-class Modulate(torch.autograd.Function):
-    """`modulate` whose backward makes only the tensors it returns (autograd's addcmul
-    backward makes full-size `tensor * value` copies)."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, coef: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(q, coef)
+    def forward(ctx, q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
+                shift_g: Tensor, eps: float) -> Tensor:
+        mean, rstd, sum_q, sum_sq = _norm_stats(q.flatten(1, 2), w, eps)
+        coef, bias, a, shift = _modulation(gamma, beta, w, mean, rstd, gate, shift_g)
+        if ctx is not None:  # None: called without autograd (`norm_modulate`)
+            ctx.save_for_backward(q, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift)
         return torch.addcmul(bias, q, coef)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, coef = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_q = grad * coef if needs[0] else None
-        grad_coef = (grad * q).sum(2, keepdim=True) if needs[1] else None
-        grad_bias = grad.sum(2, keepdim=True) if needs[2] else None
-        return grad_q, grad_coef, grad_bias
+        q, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift = ctx.saved_tensors
+        # out = q coef + bias, coef = a gate, bias = shift_g + shift gate
+        grad_coef = (grad * q).sum(2, keepdim=True)  # (B, T', 1, C)
+        grad_bias = grad.sum(2, keepdim=True)
+        grad_gate = grad_coef * a[:, None, None] + grad_bias * shift[:, None, None]
+        grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
+            (grad_coef * gate).sum((1, 2)), (grad_bias * gate).sum((1, 2)), gamma, w, mean, rstd,
+            q[0].numel())
+        if grad_w is not None:  # s1 and s2 are sums of w q and (w q)^2
+            grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
+        grad_q = _sums_input_grad(q, w, grad_s1, grad_s2, grad, coef)
+        return grad_q, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
+
+
+class GlobLN(torch.autograd.Function):
+    """gLN of a (B, T, C) map: two reductions and one multiply-add forward, two reductions and
+    two passes backward (torch's group norm backward is ~4x slower in either layout)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+        mean, rstd, _, _ = _norm_stats(q, None, eps)
+        a = gamma * rstd[:, None]  # (B, C)
+        shift = beta - a * mean[:, None]
+        if ctx is not None:  # None: called without autograd (`glob_ln`)
+            ctx.save_for_backward(q, gamma, mean, rstd, a)
+        return torch.addcmul(shift[:, None], q, a[:, None])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, gamma, mean, rstd, a = ctx.saved_tensors
+        grad_gamma, grad_beta, _, grad_s1, grad_s2 = _norm_backward(
+            (grad * q).sum(1), grad.sum(1), gamma, None, mean, rstd, q[0].numel())
+        grad_q = _sums_input_grad(q, None, grad_s1, grad_s2, grad, a[:, None])
+        return grad_q, grad_gamma, grad_beta, None
 
 
 def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
@@ -300,16 +390,7 @@ def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
         q, scale = time_major(local), conv.weight[:, 0, 0]
     else:
         q, scale = conv1d(conv, local), None
-    q_t = time_major(q).transpose(1, 2)  # (B, T, C) contiguous
-    s1, s2 = moments(q_t, scale)  # (B,): sums of scale * q and its square
-    mean = s1 / (c * t)
-    rstd = (s2 / (c * t) - mean.square()).clamp_min(0).add(norm.eps).rsqrt()
-    a = norm.gamma * rstd[:, None]  # (B, C): gLN(q) = a q + shift
-    shift = norm.beta - a * mean[:, None]
-    if scale is not None:
-        a = a * scale
     gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, T', 1, C)
-    coef = a[:, None, None] * gate
-    bias = torch.addcmul(shift_g, shift[:, None, None], gate)
-    q = q_t.view(b, gate.shape[1], -1, c)  # (B, T', r, C)
-    return modulate(q, coef, bias).view(b, t, c).transpose(1, 2)
+    q = time_major(q).transpose(1, 2).view(b, gate.shape[1], -1, c)  # (B, T', r, C)
+    out = norm_modulate(q, scale, norm.gamma, norm.beta, gate, shift_g, norm.eps)
+    return out.view(b, t, c).transpose(1, 2)

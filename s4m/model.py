@@ -12,7 +12,7 @@ from asteroid.models.base_models import BaseModel
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import Conv1d, GlobLN, MultiScaleBlock
+from .blocks import Conv1d, GlobLN, MultiScaleBlock, PReLU
 from .optim import ssm_param_groups
 from .ssm import INITS, SSM_KINDS
 
@@ -93,9 +93,9 @@ class S4M(BaseModel):
         )
         self.concat_conv = Conv1d(bottleneck_channels, bottleneck_channels, 1,
                                   groups=bottleneck_channels)
-        self.concat_act = nn.PReLU()
+        self.concat_act = PReLU()
         self.mask_net = nn.Sequential(
-            nn.PReLU(), Conv1d(bottleneck_channels, n_src * self.n_filters, 1)
+            PReLU(), Conv1d(bottleneck_channels, n_src * self.n_filters, 1)
         )
         self.decoder = nn.ConvTranspose1d(n_src * self.n_filters, n_src, kernel, self.enc_stride,
                                           bias=False)

@@ -3,6 +3,7 @@ the fused CPU path against the plain reference modules."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from s4m import CONFIGS, S4M, SSM_MODULES, build_s4m, fused, ssm_param_groups
 from s4m.blocks import Conv1d, Fusion, GlobLN
@@ -180,14 +181,33 @@ def test_depthwise_weight_grad_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_fusion_functions_gradcheck(scaled):
+def test_norm_modulate_gradcheck(scaled):
+    """The fused gLN + multiply-add's hand-written backward against finite differences, for
+    every input (q, the folded scale, gLN's affine, the gate and the shift)."""
     torch.manual_seed(0)
-    q = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
-    assert torch.autograd.gradcheck(lambda q, w: fused.Moments.apply(q, w), (q, w))
-    coef, bias = (torch.randn(2, 4, 1, 3, dtype=torch.float64, requires_grad=True)
-                  for _ in range(2))
-    assert torch.autograd.gradcheck(fused.Modulate.apply, (q.view(2, 4, 2, 3), coef, bias))
+    gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    gate, shift = (torch.randn(2, 4, 1, 3, dtype=torch.float64, requires_grad=True)
+                   for _ in range(2))
+    assert torch.autograd.gradcheck(
+        lambda q, w, gamma, beta, gate, shift:
+        fused.NormModulate.apply(q, w, gamma, beta, gate, shift, 1e-8),
+        (q, w, gamma, beta, gate, shift))
+    with torch.no_grad():  # the same forward without autograd
+        assert torch.allclose(fused.norm_modulate(q, w, gamma, beta, gate, shift, 1e-8),
+                              fused.NormModulate.apply(q, w, gamma, beta, gate, shift, 1e-8))
+
+
+def test_glob_ln_gradcheck():
+    """The gLN's hand-written backward against finite differences; its forward against
+    torch's group norm."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, C)
+    gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda *a: fused.GlobLN.apply(*a, 1e-8), (q, gamma, beta))
+    ref = F.group_norm(q.transpose(1, 2), 1, gamma, beta, 1e-8).transpose(1, 2)
+    assert torch.allclose(fused.GlobLN.apply(q, gamma, beta, 1e-8), ref)
 
 
 @pytest.mark.parametrize("kernel", [1, 5])
