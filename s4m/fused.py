@@ -238,6 +238,7 @@ class PReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
+        grad = grad.to(torch.promote_types(grad.dtype, x.dtype))  # under autocast: may differ
         pos = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
         grad_x = torch.lerp(pos, grad, weight.to(grad.dtype)) if ctx.needs_input_grad[0] else None
         grad_w = None

@@ -43,10 +43,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(data_dir: Path, **evaluate_cfg: Any) -> dict[str, Any]:
+    """The smoke profile on `data_dir`; float32 only unless `bf16` is given (the default, auto,
+    adds the bf16 columns on CPUs with native bf16)."""
     cfg = load_profile(REPO / "params.yaml", "smoke")
     cfg["data"].update(out_dir=str(data_dir), task="sep_clean")
     cfg["evaluate"].update({"max_utterances": None, "n_examples": 2, "extra_metrics": [],
-                            **evaluate_cfg})
+                            "bf16": False, **evaluate_cfg})
     cfg["threads"] = 1
     return cfg
 
