@@ -29,22 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from experiments.benchmark.speed import SpeedSettings, train_step  # noqa: E402
 from experiments.registry import build_model  # noqa: E402
-
-
-def train_step(model: torch.nn.Module, mix: torch.Tensor) -> Callable[[torch.Tensor], None]:
-    from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
-
-    loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
-    model.train()
-    targets = torch.randn(mix.shape[0], model(mix[:, :800]).shape[1], mix.shape[1])
-
-    def step(wav: torch.Tensor) -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(wav), targets).backward()
-
-    return step
-
 
 # ops by kind (self CPU time); everything else is "other". "inductor": the kernels a compiled
 # graph generated (its call's self time); eager runs have none.
@@ -150,7 +136,12 @@ def main() -> None:
     runs = {}
     for name in args.models:
         model = build_model(name, sample_rate=args.sample_rate).eval()
-        runs[name] = train_step(model, wav) if args.train else model
+        if args.train:  # the speed stage's training step, on its own batch of 2 x --seconds
+            step = train_step(model, SpeedSettings(train_batch=2, train_seconds=args.seconds),
+                              args.sample_rate, torch.device("cpu"))
+            runs[name] = lambda _wav, step=step: step()
+        else:
+            runs[name] = model
         if args.compile:
             compiled = torch.compile(model)
             start = time.perf_counter()
