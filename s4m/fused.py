@@ -4,9 +4,10 @@ memory layout and with backward passes that suit a CPU.
 Maps are (B, C, T) but stored time-major ((B, T, C) memory, "channels-last"): on CPU the
 oneDNN depthwise convs and pooling are several times faster in that layout, 1x1 convs are
 plain GEMMs on the (B, T, C) view, channel LayerNorms need no copies, and broadcasting a coarse
-map over time keeps the contiguous channel axis innermost. The gLN is two reductions and one
-multiply-add on the (B, T, C) view, and each local/global fusion folds its gLN into one
-broadcast multiply-add instead of materialising upsampled copies.
+map over time keeps the contiguous channel axis innermost. The gLN is one pass of sums (a chunk
+of rows at a time, `_row_sums`) and one multiply-add on the (B, T, C) view, and each
+local/global fusion folds its gLN into one broadcast multiply-add instead of materialising
+upsampled copies.
 
 The autograd Functions below exist for their hand-written backward passes (torch's CPU backward
 of group norm and PReLU runs several times slower than the passes they need); when nothing needs
@@ -260,18 +261,37 @@ def _align(x: Tensor, length: int) -> Tensor:
     return x[:, :, None]
 
 
+_ROW_CHUNK = 1 << 16  # elements per operand in one `_row_sums` step: the chunks stay in L2
+
+
+def _row_sums(a: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sums over time of a and of a * b (b None: a * a) for (B, T, C) maps: (B, C) each, in
+    float32 at least. Summed a chunk of rows at a time into cache-resident accumulators, so each
+    map is read from memory once for both sums and no full-size product is written."""
+    acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums under autocast
+    other = a if b is None else b
+    if _compiling():  # the compiler fuses the plain form into one loop
+        return a.sum(1, dtype=acc), (a * other).sum(1, dtype=acc)
+    batch, t, c = a.shape
+    rows = min(t, max(1, _ROW_CHUNK // (batch * c)))
+    sum_a = a.new_zeros(batch, rows, c, dtype=acc)
+    sum_ab = torch.zeros_like(sum_a)
+    for i in range(0, t, rows):
+        n = min(rows, t - i)
+        sum_a[:, :n].add_(a[:, i: i + n])
+        sum_ab[:, :n].addcmul_(a[:, i: i + n], other[:, i: i + n])
+    return sum_a.sum(1), sum_ab.sum(1)
+
+
 def _norm_stats(q: Tensor, w: Tensor | None, eps: float,
-                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """gLN statistics of w q for q (B, T, C), w (C,) or None (= 1): mean and 1/std ((B,) each),
-    and with w the per-channel sums of q and q^2 over T ((B, C) each) that w's gradient needs."""
-    acc = torch.promote_types(q.dtype, torch.float32)  # float32 sums under autocast
+    and the per-channel sums of q and q^2 over T ((B, C) each) that w's gradient needs."""
     n = q.shape[1] * q.shape[2]
-    if w is None:  # two vectorised reductions, no temporaries
-        sum_q = sum_sq = None
-        s1 = q.sum((1, 2), dtype=acc)
-        s2 = torch.linalg.vector_norm(q, dim=(1, 2), dtype=acc).square()
+    sum_q, sum_sq = _row_sums(q)  # one pass over q
+    if w is None:
+        s1, s2 = sum_q.sum(1), sum_sq.sum(1)
     else:
-        sum_q, sum_sq = q.sum(1, dtype=acc), q.square().sum(1, dtype=acc)  # (T, C) rows
         s1, s2 = (sum_q * w).sum(1), (sum_sq * w.square()).sum(1)
     mean = s1 / n
     rstd = (s2 / n - mean.square()).clamp_min(0).add(eps).rsqrt()
@@ -298,7 +318,9 @@ def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tens
                      grad: Tensor, a: Tensor) -> Tensor:
     """grad_q = grad a + d(s1, s2)/dq: grad and a broadcast over q, grad_s1, grad_s2 (B,);
     two full-size passes, one new tensor."""
-    ws = 1 if w is None else w
+    # per-channel even without w: addcmul broadcasting two per-sample scalars over a map runs
+    # ~3x slower on CPU than with per-channel (B, 1.., C) operands
+    ws = q.new_ones(q.shape[-1]) if w is None else w
     lin = (grad_s1[:, None] * ws).view(q.shape[0], *[1] * (q.ndim - 2), -1)  # (B, 1.., C)
     quad = (2 * grad_s2[:, None] * ws * ws).view_as(lin)
     return torch.addcmul(lin, q, quad).addcmul_(grad, a)
@@ -358,8 +380,8 @@ class NormModulate(torch.autograd.Function):
 
 
 class GlobLN(torch.autograd.Function):
-    """gLN of a (B, T, C) map: two reductions and one multiply-add forward, two reductions and
-    two passes backward (torch's group norm backward is ~4x slower in either layout)."""
+    """gLN of a (B, T, C) map: one pass of sums and one multiply-add forward, one pass of sums
+    and two passes backward (torch's group norm backward is ~4x slower in either layout)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
@@ -373,8 +395,9 @@ class GlobLN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, gamma, mean, rstd, a = ctx.saved_tensors
+        sum_grad, sum_grad_q = _row_sums(grad, q)
         grad_gamma, grad_beta, _, grad_s1, grad_s2 = _norm_backward(
-            (grad * q).sum(1), grad.sum(1), gamma, None, mean, rstd, q[0].numel())
+            sum_grad_q, sum_grad, gamma, None, mean, rstd, q[0].numel())
         grad_q = _sums_input_grad(q, None, grad_s1, grad_s2, grad, a[:, None])
         return grad_q, grad_gamma, grad_beta, None
 

@@ -180,10 +180,17 @@ def test_depthwise_weight_grad_chunks(monkeypatch):
     assert torch.allclose(xt.grad, ref[0]) and torch.allclose(wt.grad, ref[1])
 
 
+# None: one chunk of rows; 18: 3-row chunks of these (2, T, 3) maps, the last one partial
+ROW_CHUNKS = [None, 18]
+
+
+@pytest.mark.parametrize("row_chunk", ROW_CHUNKS)
 @pytest.mark.parametrize("scaled", [False, True])
-def test_norm_modulate_gradcheck(scaled):
+def test_norm_modulate_gradcheck(scaled, row_chunk, monkeypatch):
     """The fused gLN + multiply-add's hand-written backward against finite differences, for
     every input (q, the folded scale, gLN's affine, the gate and the shift)."""
+    if row_chunk:
+        monkeypatch.setattr(fused, "_ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
     q = torch.randn(2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
@@ -199,9 +206,12 @@ def test_norm_modulate_gradcheck(scaled):
                               fused.NormModulate.apply(q, w, gamma, beta, gate, shift, 1e-8))
 
 
-def test_glob_ln_gradcheck():
+@pytest.mark.parametrize("row_chunk", ROW_CHUNKS)
+def test_glob_ln_gradcheck(row_chunk, monkeypatch):
     """The gLN's hand-written backward against finite differences; its forward against
     torch's group norm."""
+    if row_chunk:
+        monkeypatch.setattr(fused, "_ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
     q = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, C)
     gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
