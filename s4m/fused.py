@@ -107,8 +107,8 @@ def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
         return ((x_t - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
     x_t = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
     if _autograd(x, gamma, beta):
-        return GlobLN.apply(x_t, gamma, beta, eps).transpose(1, 2)
-    return GlobLN.forward(None, x_t, gamma, beta, eps).transpose(1, 2)
+        return GlobLNFn.apply(x_t, gamma, beta, eps).transpose(1, 2)
+    return GlobLNFn.forward(None, x_t, gamma, beta, eps).transpose(1, 2)
 
 
 def avg_pool(x: Tensor, r: int) -> Tensor:
@@ -125,7 +125,7 @@ def avg_pool(x: Tensor, r: int) -> Tensor:
 def depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
     """Depthwise conv of a (B, C, T) map (weight (C, 1, K)), time-major out."""
     if _autograd(x, weight, bias):
-        return Depthwise.apply(x, weight, bias, stride, pad)
+        return DepthwiseFn.apply(x, weight, bias, stride, pad)
     return _depthwise(x, weight, bias, stride, pad)
 
 
@@ -181,7 +181,7 @@ def _depthwise_weight_grad(x: Tensor, g: Tensor, k: int, stride: int, pad: int) 
     return grad_w.t()
 
 
-class Depthwise(torch.autograd.Function):
+class DepthwiseFn(torch.autograd.Function):
     """Depthwise conv with a hand-written backward: oneDNN's depthwise backward on CPU is ~40x
     its forward. grad_input is a depthwise transposed conv of the output gradient (oneDNN's
     deconvolution is as fast as the forward); grad_weight is K shifted products summed over
@@ -223,11 +223,11 @@ class Depthwise(torch.autograd.Function):
 def prelu(x: Tensor, weight: Tensor) -> Tensor:
     """`F.prelu(x, weight)` for a single shared slope (weight (1,))."""
     if _autograd(x, weight) and not _compiling():
-        return PReLU.apply(x, weight)
+        return PReLUFn.apply(x, weight)
     return F.prelu(x, weight)
 
 
-class PReLU(torch.autograd.Function):
+class PReLUFn(torch.autograd.Function):
     """PReLU with one slope, with a backward of vectorised passes: torch's CPU PReLU backward
     (and `torch.where` on a bool mask) runs about 20x slower than an elementwise pass."""
 
@@ -332,16 +332,21 @@ def norm_modulate(q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate
     None (= 1), gLN's affine gamma, beta (C,), gate and shift_g (B, T', 1, C): one statistics
     pass over q, then one broadcast multiply-add."""
     if _autograd(q, w, gamma, beta, gate, shift_g):
-        return NormModulate.apply(q, w, gamma, beta, gate, shift_g, eps)
-    return NormModulate.forward(None, q, w, gamma, beta, gate, shift_g, eps)
+        return NormModulateFn.apply(q, w, gamma, beta, gate, shift_g, eps)
+    return NormModulateFn.forward(None, q, w, gamma, beta, gate, shift_g, eps)
+
+
+def _affine(gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample scale a and shift ((B, C)) of a gLN with affine gamma, beta: a q + shift."""
+    a = gamma * rstd[:, None]
+    return a, beta - a * mean[:, None]
 
 
 def _modulation(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rstd: Tensor,
                 gate: Tensor, shift_g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """coef, bias ((B, T', 1, C)) with gLN(w q) * gate + shift_g = q coef + bias, and the
     per-sample scale and shift ((B, C)) of q's gLN: gLN(w q) = a q + shift."""
-    a = gamma * rstd[:, None]  # (B, C)
-    shift = beta - a * mean[:, None]
+    a, shift = _affine(gamma, beta, mean, rstd)
     if w is not None:
         a = a * w
     coef = a[:, None, None] * gate
@@ -349,7 +354,7 @@ def _modulation(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rst
     return coef, bias, a, shift
 
 
-class NormModulate(torch.autograd.Function):
+class NormModulateFn(torch.autograd.Function):
     """`norm_modulate` with a hand-written backward: the full-size work is two sums over r and
     grad_q in two passes (autograd makes several full-size temporaries and adds up two
     gradients of q, from the statistics and from the multiply-add)."""
@@ -379,15 +384,14 @@ class NormModulate(torch.autograd.Function):
         return grad_q, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
 
 
-class GlobLN(torch.autograd.Function):
+class GlobLNFn(torch.autograd.Function):
     """gLN of a (B, T, C) map: one pass of sums and one multiply-add forward, one pass of sums
     and two passes backward (torch's group norm backward is ~4x slower in either layout)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
         mean, rstd, _, _ = _norm_stats(q, None, eps)
-        a = gamma * rstd[:, None]  # (B, C)
-        shift = beta - a * mean[:, None]
+        a, shift = _affine(gamma, beta, mean, rstd)
         if ctx is not None:  # None: called without autograd (`glob_ln`)
             ctx.save_for_backward(q, gamma, mean, rstd, a)
         return torch.addcmul(shift[:, None], q, a[:, None])

@@ -156,14 +156,14 @@ def test_ssm_modules_are_the_s4_layers_and_kernels():
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("length", [1, 2, 3, 6, 9, 16])
 def test_depthwise_backward_gradcheck(stride, length):
-    from s4m.fused import Depthwise
+    from s4m.fused import DepthwiseFn
     torch.manual_seed(0)
     x = torch.randn(2, length, 3, dtype=torch.float64).transpose(1, 2).requires_grad_()
     w = torch.randn(3, 1, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: Depthwise.apply(x, w, b, stride, 2), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: DepthwiseFn.apply(*a, stride, 2), (x, w, b))
     ref = torch.nn.functional.conv1d(x, w, b, stride, 2, 1, 3)
-    assert torch.allclose(Depthwise.apply(x, w, b, stride, 2), ref)
+    assert torch.allclose(DepthwiseFn.apply(x, w, b, stride, 2), ref)
 
 
 def test_depthwise_weight_grad_chunks(monkeypatch):
@@ -176,7 +176,7 @@ def test_depthwise_weight_grad_chunks(monkeypatch):
     monkeypatch.setattr(fused, "_TAP_CHUNK", 5 * 3 * 4)  # 4-row chunks, a partial last one
     xt = fused.time_major(x).requires_grad_()
     wt = w.clone().requires_grad_()
-    fused.Depthwise.apply(xt, wt, None, 2, 2).backward(g)
+    fused.DepthwiseFn.apply(xt, wt, None, 2, 2).backward(g)
     assert torch.allclose(xt.grad, ref[0]) and torch.allclose(wt.grad, ref[1])
 
 
@@ -199,11 +199,11 @@ def test_norm_modulate_gradcheck(scaled, row_chunk, monkeypatch):
                    for _ in range(2))
     assert torch.autograd.gradcheck(
         lambda q, w, gamma, beta, gate, shift:
-        fused.NormModulate.apply(q, w, gamma, beta, gate, shift, 1e-8),
+        fused.NormModulateFn.apply(q, w, gamma, beta, gate, shift, 1e-8),
         (q, w, gamma, beta, gate, shift))
     with torch.no_grad():  # the same forward without autograd
         assert torch.allclose(fused.norm_modulate(q, w, gamma, beta, gate, shift, 1e-8),
-                              fused.NormModulate.apply(q, w, gamma, beta, gate, shift, 1e-8))
+                              fused.NormModulateFn.apply(q, w, gamma, beta, gate, shift, 1e-8))
 
 
 @pytest.mark.parametrize("row_chunk", ROW_CHUNKS)
@@ -215,9 +215,9 @@ def test_glob_ln_gradcheck(row_chunk, monkeypatch):
     torch.manual_seed(0)
     q = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, C)
     gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    assert torch.autograd.gradcheck(lambda *a: fused.GlobLN.apply(*a, 1e-8), (q, gamma, beta))
+    assert torch.autograd.gradcheck(lambda *a: fused.GlobLNFn.apply(*a, 1e-8), (q, gamma, beta))
     ref = F.group_norm(q.transpose(1, 2), 1, gamma, beta, 1e-8).transpose(1, 2)
-    assert torch.allclose(fused.GlobLN.apply(q, gamma, beta, 1e-8), ref)
+    assert torch.allclose(fused.GlobLNFn.apply(q, gamma, beta, 1e-8), ref)
 
 
 @pytest.mark.parametrize("kernel", [1, 5])
