@@ -328,3 +328,14 @@ def test_bf16_evaluation_section_only_for_models_it_ran_for(tmp_path: Path) -> N
     _stage_outputs(tmp_path, si_sdri=-3.0, steps=20)  # evaluate.bf16 off: no section
     report.build_reports(_cfg(), reports, runs)
     assert "bfloat16" not in (reports / "results.md").read_text()
+
+
+@pytest.mark.parametrize("repeats, label", [
+    ([1, 1], "one call per point"), ([3, 3], "median of 3 calls per point"),
+    ([1, 3], "median of 1/3 calls per point"), (None, "calls per point not recorded"),
+])
+def test_length_figure_says_how_many_calls_per_point(repeats, label):
+    frame = pd.DataFrame({"model": ["a", "a"], "length_s": [1.0, 4.0]})
+    if repeats is not None:
+        frame["repeats"] = repeats
+    assert report._calls_per_point(frame) == label

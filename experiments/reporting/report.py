@@ -601,6 +601,17 @@ def plot_ablation_heatmap(ablation: pd.DataFrame, verdict: Verdict, path: Path) 
     _save_figure(fig, path)
 
 
+def _calls_per_point(frame: pd.DataFrame) -> str:
+    """How many timed calls each point of the length sweep is (`speed.length_repeats`): one call
+    is a single sample of a noisy machine, which the figure should say."""
+    counts = sorted({int(n) for n in frame.get("repeats", pd.Series(dtype=float)).dropna()})
+    if not counts:
+        return "calls per point not recorded"
+    if counts == [1]:
+        return "one call per point"
+    return f"median of {'/'.join(map(str, counts))} calls per point"
+
+
 def plot_speed_vs_length(frame: pd.DataFrame, env: dict[str, Any], path: Path) -> None:
     """Inference time and peak memory against input length, log-log, a line per model."""
     fig, (timing, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -623,7 +634,7 @@ def plot_speed_vs_length(frame: pd.DataFrame, env: dict[str, Any], path: Path) -
         timing.legend(fontsize=7)
     else:
         timing.text(0.5, 0.5, "no length measurements", ha="center", transform=timing.transAxes)
-    timing.set_ylabel("inference time (s), batch 1")
+    timing.set_ylabel(f"inference time (s), batch 1, {_calls_per_point(frame)}")
     memory.set_ylabel("peak memory above the model's (MB)")
     for ax in (timing, memory):
         ax.set_xlabel("input length (s)")
