@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .blocks import Fusion
+    from .blocks import ConvNorm, Fusion
 
 _ENABLED = True
 
@@ -98,17 +98,21 @@ def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
     return y.squeeze(2)
 
 
-def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-    """Global layer norm of a (B, C, T) map, computed on its (B, T, C) view."""
+def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float, step: int = 1,
+            scale: Tensor | None = None) -> Tensor:
+    """Global layer norm of scale * x for a (B, C, T) map x, scale (C,) or None (= 1), computed
+    on its (B, T, C) view; `step` > 1 returns only every step-th frame (statistics still over
+    all of them)."""
     if _compiling():  # float32 statistics under autocast, as group_norm's
         x_t = x.transpose(1, 2).to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
+        x_t = x_t if scale is None else x_t * scale
         mean = x_t.mean((1, 2), keepdim=True)
         var = (x_t.square().mean((1, 2), keepdim=True) - mean.square()).clamp_min(0)
-        return ((x_t - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
+        return ((x_t[:, ::step] - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
     x_t = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
-    if _autograd(x, gamma, beta):
-        return GlobLNFn.apply(x_t, gamma, beta, eps).transpose(1, 2)
-    return GlobLNFn.forward(None, x_t, gamma, beta, eps).transpose(1, 2)
+    if _autograd(x, scale, gamma, beta):
+        return GlobLNFn.apply(x_t, scale, gamma, beta, eps, step).transpose(1, 2)
+    return GlobLNFn.forward(None, x_t, scale, gamma, beta, eps, step).transpose(1, 2)
 
 
 def avg_pool(x: Tensor, r: int) -> Tensor:
@@ -252,13 +256,28 @@ class PReLUFn(torch.autograd.Function):
 # ---- fusion ------------------------------------------------------------------------------------
 
 
-def _align(x: Tensor, length: int) -> Tensor:
-    """Nearest resampling along time for integer ratios: (B, C, T) -> (B, T', 1, C), which
-    broadcasts over a (B, T', r, C) view of a time-major (B, C, T' * r) map."""
-    x = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
-    if x.shape[1] > length:  # released top-down quirk: a finer map used as "global" input
-        x = x[:, :: x.shape[1] // length]
-    return x[:, :, None]
+def _align(x: Tensor) -> Tensor:
+    """(B, C, T') -> (B, T', 1, C), which broadcasts over a (B, T', r, C) view of a time-major
+    (B, C, T' r) map: nearest upsampling by r."""
+    return time_major(x).transpose(1, 2)[:, :, None]
+
+
+def _sum_r(a: Tensor, b: Tensor | None = None) -> Tensor:
+    """Sum over r of a (or of a * b) for (B, T', r, C) maps, kept as (B, T', 1, C). Slice by
+    slice: on CPU a reduction over such a short middle axis runs about 2x slower than r - 1
+    adds, and the product is never written at full size."""
+    r = a.shape[2]
+    if _compiling() or (b is None and r > 4):  # a long axis: the reduction is as fast
+        return (a if b is None else a * b).sum(2, keepdim=True)
+    if r == 1:
+        return a if b is None else a * b
+    out = a[:, :, :1] + a[:, :, 1:2] if b is None else a[:, :, :1] * b[:, :, :1]
+    for i in range(1 if b is not None else 2, r):
+        if b is None:
+            out.add_(a[:, :, i: i + 1])
+        else:
+            out.addcmul_(a[:, :, i: i + 1], b[:, :, i: i + 1])
+    return out
 
 
 _ROW_CHUNK = 1 << 16  # elements per operand in one `_row_sums` step: the chunks stay in L2
@@ -274,9 +293,9 @@ def _row_sums(a: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return a.sum(1, dtype=acc), (a * other).sum(1, dtype=acc)
     batch, t, c = a.shape
     rows = min(t, max(1, _ROW_CHUNK // (batch * c)))
-    sum_a = a.new_zeros(batch, rows, c, dtype=acc)
-    sum_ab = torch.zeros_like(sum_a)
-    for i in range(0, t, rows):
+    sum_a = a[:, :rows].to(acc, copy=True)  # the first chunk starts the accumulators
+    sum_ab = sum_a * other[:, :rows]
+    for i in range(rows, t, rows):
         n = min(rows, t - i)
         sum_a[:, :n].add_(a[:, i: i + n])
         sum_ab[:, :n].addcmul_(a[:, i: i + n], other[:, i: i + n])
@@ -314,16 +333,15 @@ def _norm_backward(grad_a: Tensor, grad_shift: Tensor, gamma: Tensor, w: Tensor 
     return grad_gamma, grad_beta, grad_w, (grad_mean - 2 * mean * grad_var) / n, grad_var / n
 
 
-def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tensor,
-                     grad: Tensor, a: Tensor) -> Tensor:
-    """grad_q = grad a + d(s1, s2)/dq: grad and a broadcast over q, grad_s1, grad_s2 (B,);
-    two full-size passes, one new tensor."""
+def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tensor) -> Tensor:
+    """The gradient of q through the sums s1 = sum of w q and s2 = sum of (w q)^2 over (T, C),
+    given grad_s1, grad_s2 (B,): one full-size pass, a new tensor to add the rest to."""
     # per-channel even without w: addcmul broadcasting two per-sample scalars over a map runs
     # ~3x slower on CPU than with per-channel (B, 1.., C) operands
     ws = q.new_ones(q.shape[-1]) if w is None else w
     lin = (grad_s1[:, None] * ws).view(q.shape[0], *[1] * (q.ndim - 2), -1)  # (B, 1.., C)
     quad = (2 * grad_s2[:, None] * ws * ws).view_as(lin)
-    return torch.addcmul(lin, q, quad).addcmul_(grad, a)
+    return torch.addcmul(lin, q, quad)
 
 
 def norm_modulate(q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
@@ -372,38 +390,55 @@ class NormModulateFn(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         q, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift = ctx.saved_tensors
         # out = q coef + bias, coef = a gate, bias = shift_g + shift gate
-        grad_coef = (grad * q).sum(2, keepdim=True)  # (B, T', 1, C)
-        grad_bias = grad.sum(2, keepdim=True)
+        grad_coef = _sum_r(grad, q)  # (B, T', 1, C)
+        grad_bias = _sum_r(grad)
         grad_gate = grad_coef * a[:, None, None] + grad_bias * shift[:, None, None]
         grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
             (grad_coef * gate).sum((1, 2)), (grad_bias * gate).sum((1, 2)), gamma, w, mean, rstd,
             q[0].numel())
         if grad_w is not None:  # s1 and s2 are sums of w q and (w q)^2
             grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
-        grad_q = _sums_input_grad(q, w, grad_s1, grad_s2, grad, coef)
+        grad_q = _sums_input_grad(q, w, grad_s1, grad_s2).addcmul_(grad, coef)
         return grad_q, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
 
 
 class GlobLNFn(torch.autograd.Function):
-    """gLN of a (B, T, C) map: one pass of sums and one multiply-add forward, one pass of sums
-    and two passes backward (torch's group norm backward is ~4x slower in either layout)."""
+    """gLN of w q for a (B, T, C) map q, w (C,) or None (= 1), output at every step-th frame
+    (statistics over all): one pass of sums and one multiply-add forward, one pass of sums and
+    two passes backward (torch's group norm backward is ~4x slower in either layout)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-        mean, rstd, _, _ = _norm_stats(q, None, eps)
+    def forward(ctx, q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, eps: float,
+                step: int) -> Tensor:
+        mean, rstd, sum_q, sum_sq = _norm_stats(q, w, eps)
         a, shift = _affine(gamma, beta, mean, rstd)
+        if w is not None:
+            a = a * w
         if ctx is not None:  # None: called without autograd (`glob_ln`)
-            ctx.save_for_backward(q, gamma, mean, rstd, a)
-        return torch.addcmul(shift[:, None], q, a[:, None])
+            ctx.save_for_backward(q, w, gamma, mean, rstd, a, sum_q, sum_sq)
+            ctx.step = step
+        return torch.addcmul(shift[:, None], q[:, ::step], a[:, None])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, gamma, mean, rstd, a = ctx.saved_tensors
-        sum_grad, sum_grad_q = _row_sums(grad, q)
-        grad_gamma, grad_beta, _, grad_s1, grad_s2 = _norm_backward(
-            sum_grad_q, sum_grad, gamma, None, mean, rstd, q[0].numel())
-        grad_q = _sums_input_grad(q, None, grad_s1, grad_s2, grad, a[:, None])
-        return grad_q, grad_gamma, grad_beta, None
+        q, w, gamma, mean, rstd, a, sum_q, sum_sq = ctx.saved_tensors
+        sum_grad, sum_grad_q = _row_sums(grad, q[:, :: ctx.step])
+        grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
+            sum_grad_q, sum_grad, gamma, w, mean, rstd, q[0].numel())
+        if grad_w is not None:  # s1 and s2 are sums of w q and (w q)^2
+            grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
+        grad_q = _sums_input_grad(q, w, grad_s1, grad_s2)
+        grad_q[:, :: ctx.step].addcmul_(grad, a[:, None])
+        return grad_q, grad_w, grad_gamma, grad_beta, None, None
+
+
+def _conv_norm(module: ConvNorm, x: Tensor, step: int) -> Tensor:
+    """gLN(conv(x)) of a `s4m.blocks.ConvNorm` without activation, every step-th frame; a
+    per-channel scale (a depthwise 1x1 conv) is folded into the gLN instead of applied."""
+    conv, norm = module.conv, module.norm
+    if conv.kernel_size[0] == 1 and conv.groups == conv.in_channels and conv.bias is None:
+        return glob_ln(x, norm.gamma, norm.beta, norm.eps, step, conv.weight[:, 0, 0])
+    return glob_ln(conv1d(conv, x), norm.gamma, norm.beta, norm.eps, step)
 
 
 def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
@@ -411,14 +446,17 @@ def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
     per-channel scale and shift from one statistics pass, so the full-rate work is one depthwise
     conv (kernel > 1) and one broadcast multiply-add; time-major out."""
     b, c, t = local.shape
-    gate = torch.sigmoid(module.global_act(glob))
-    shift_g = module.global_embedding(glob)
+    # the released top-down quirk feeds a finer map as "global" input: its gLN statistics are
+    # over all of its frames, the rest is only needed at the `step` frames nearest-resampling keeps
+    step = max(1, glob.shape[-1] // t)
+    gate = torch.sigmoid(_conv_norm(module.global_act, glob, step))
+    shift_g = _conv_norm(module.global_embedding, glob, step)
     conv, norm = module.local_embedding.conv, module.local_embedding.norm
     if conv.kernel_size[0] == 1:  # per-channel scale: fold it instead of applying it
         q, scale = time_major(local), conv.weight[:, 0, 0]
     else:
         q, scale = conv1d(conv, local), None
-    gate, shift_g = _align(gate, t), _align(shift_g, t)  # (B, T', 1, C)
+    gate, shift_g = _align(gate), _align(shift_g)  # (B, T', 1, C)
     q = time_major(q).transpose(1, 2).view(b, gate.shape[1], -1, c)  # (B, T', r, C)
     out = norm_modulate(q, scale, norm.gamma, norm.beta, gate, shift_g, norm.eps)
     return out.view(b, t, c).transpose(1, 2)

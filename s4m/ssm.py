@@ -257,8 +257,10 @@ class S4Layer(nn.Module):
             return torch.addcmul(y, u_f, self.D[:, None]).to(u.dtype)
 
     def forward(self, u: Tensor, k_f: Tensor | None = None) -> Tensor:
-        # 1x1 conv + GLU as a GEMM on the (B, L, H) view; returns (B, 2H -> H, L) time-major
-        act = F.gelu(self.ssm(u, k_f)).transpose(1, 2)
+        # 1x1 conv + GLU as a GEMM on (B, L, H), time-major from the GELU on, so that its
+        # backward sees the gradient in its input's layout (mixed layouts: ~10x slower on CPU);
+        # returns (B, 2H -> H, L) time-major
+        act = F.gelu(self.ssm(u, k_f).transpose(1, 2).contiguous())
         w, b = self.output_linear.weight[..., 0], self.output_linear.bias
         return F.glu(F.linear(act, w, b), dim=-1).transpose(1, 2)
 

@@ -206,30 +206,47 @@ def test_norm_modulate_gradcheck(scaled, row_chunk, monkeypatch):
                               fused.NormModulateFn.apply(q, w, gamma, beta, gate, shift, 1e-8))
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("step", [1, 2])
 @pytest.mark.parametrize("row_chunk", ROW_CHUNKS)
-def test_glob_ln_gradcheck(row_chunk, monkeypatch):
-    """The gLN's hand-written backward against finite differences; its forward against
-    torch's group norm."""
+def test_glob_ln_gradcheck(row_chunk, step, scaled, monkeypatch):
+    """The gLN's hand-written backward against finite differences, with and without a folded
+    per-channel scale; its forward against torch's group norm (step 2: every other frame of
+    it, statistics over all frames)."""
     if row_chunk:
         monkeypatch.setattr(fused, "_ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
     q = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, C)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
     gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    assert torch.autograd.gradcheck(lambda *a: fused.GlobLNFn.apply(*a, 1e-8), (q, gamma, beta))
-    ref = F.group_norm(q.transpose(1, 2), 1, gamma, beta, 1e-8).transpose(1, 2)
-    assert torch.allclose(fused.GlobLNFn.apply(q, gamma, beta, 1e-8), ref)
+    assert torch.autograd.gradcheck(lambda *a: fused.GlobLNFn.apply(*a, 1e-8, step),
+                                    (q, w, gamma, beta))
+    scaled_q = q if w is None else q * w
+    ref = F.group_norm(scaled_q.transpose(1, 2), 1, gamma, beta, 1e-8).transpose(1, 2)
+    assert torch.allclose(fused.GlobLNFn.apply(q, w, gamma, beta, 1e-8, step), ref[:, ::step])
 
 
+@pytest.mark.parametrize("r", [1, 2, 3, 8])
+def test_sum_over_r(r):
+    torch.manual_seed(0)
+    a, b = (torch.randn(2, 3, r, 4, dtype=torch.float64) for _ in range(2))
+    assert torch.allclose(fused._sum_r(a), a.sum(2, keepdim=True))
+    assert torch.allclose(fused._sum_r(a, b), (a * b).sum(2, keepdim=True))
+
+
+@pytest.mark.parametrize("glob_len", [4, 32])  # 32: a finer "global" map (released quirk)
 @pytest.mark.parametrize("kernel", [1, 5])
-def test_fusion_same_with_and_without_grad(kernel):
+def test_fusion_same_with_and_without_grad(kernel, glob_len):
     torch.manual_seed(0)
     fusion = Fusion(6, kernel).double()
-    local, glob = (torch.randn(2, 6, n, dtype=torch.float64) for n in (16, 4))
+    local, glob = (torch.randn(2, 6, n, dtype=torch.float64) for n in (16, glob_len))
     with torch.no_grad():
         ref = fusion(local, glob)
+    with fused.enabled(False):
+        assert torch.allclose(fusion(local, glob), ref)  # the plain-torch reference path
     assert torch.allclose(fusion(local, glob), ref)
-    local.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: fusion(x, glob), (local,))
+    local.requires_grad_(), glob.requires_grad_()
+    assert torch.autograd.gradcheck(fusion, (local, glob))
 
 
 def _outputs_and_grads(module, inputs, reference: bool):
