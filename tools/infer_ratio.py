@@ -7,7 +7,8 @@ Each repeat times every model once, in turn, so machine-load drifts hit all of t
 Prints each model's median and min and the ratios of the first model's median to the others'.
 `--compile` also times `torch.compile`d copies (their compile time = the first call's).
 `--train` times a training step instead (batch 2 of `--seconds`, PIT SI-SDR loss, backward), as
-the speed stage does; compare with `--models s4m_tiny convtasnet --seconds 2`.
+the speed stage does; compare with `--models s4m_tiny convtasnet --seconds 2`. With `--compile`
+it also times the step through the compiled model (what `train.compile: true` trains with).
 `--profile` then profiles one inference per model (and per compiled model with `--compile`)
 (torch.profiler, self CPU time): time per kind of op, the GEMMs' achieved GMAC/s, the streaming
 bandwidth of one thread (an elementwise pass over a float32 map, to compare with the top ops'), and
@@ -128,24 +129,28 @@ def main() -> None:
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    if args.train and (args.compile or args.profile):
-        parser.error("--train times eager training steps only, unprofiled")
+    if args.train and args.profile:
+        parser.error("--train times training steps, unprofiled")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wav = torch.randn(2 if args.train else 1, round(args.seconds * args.sample_rate))
     runs = {}
+    settings = SpeedSettings(train_batch=2, train_seconds=args.seconds)
+
+    def as_run(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
+        if not args.train:
+            return model
+        # the speed stage's training step, on its own batch of 2 x --seconds
+        step = train_step(model, settings, args.sample_rate, torch.device("cpu"))
+        return lambda _wav: step()
+
     for name in args.models:
         model = build_model(name, sample_rate=args.sample_rate).eval()
-        if args.train:  # the speed stage's training step, on its own batch of 2 x --seconds
-            step = train_step(model, SpeedSettings(train_batch=2, train_seconds=args.seconds),
-                              args.sample_rate, torch.device("cpu"))
-            runs[name] = lambda _wav, step=step: step()
-        else:
-            runs[name] = model
+        runs[name] = as_run(model)
         if args.compile:
-            compiled = torch.compile(model)
             start = time.perf_counter()
-            with torch.inference_mode():
+            compiled = as_run(torch.compile(model))  # shares the model's parameters
+            with torch.inference_mode(not args.train):
                 compiled(wav)
             print(f"{name}: compile + first call {time.perf_counter() - start:.1f} s", flush=True)
             runs[f"{name}+compile"] = compiled
