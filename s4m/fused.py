@@ -269,14 +269,16 @@ def _sum_r(a: Tensor, b: Tensor | None = None) -> Tensor:
     r = a.shape[2]
     if _compiling() or (b is None and r > 4):  # a long axis: the reduction is as fast
         return (a if b is None else a * b).sum(2, keepdim=True)
-    if r == 1:
-        return a if b is None else a * b
-    out = a[:, :, :1] + a[:, :, 1:2] if b is None else a[:, :, :1] * b[:, :, :1]
-    for i in range(1 if b is not None else 2, r):
-        if b is None:
+    if b is None:
+        if r == 1:
+            return a
+        out = a[:, :, :1] + a[:, :, 1:2]
+        for i in range(2, r):
             out.add_(a[:, :, i: i + 1])
-        else:
-            out.addcmul_(a[:, :, i: i + 1], b[:, :, i: i + 1])
+        return out
+    out = a[:, :, :1] * b[:, :, :1]
+    for i in range(1, r):
+        out.addcmul_(a[:, :, i: i + 1], b[:, :, i: i + 1])
     return out
 
 
@@ -318,10 +320,12 @@ def _norm_stats(q: Tensor, w: Tensor | None, eps: float,
 
 
 def _norm_backward(grad_a: Tensor, grad_shift: Tensor, gamma: Tensor, w: Tensor | None,
-                   mean: Tensor, rstd: Tensor, n: int) -> tuple[Tensor, ...]:
+                   mean: Tensor, rstd: Tensor, sum_q: Tensor, sum_sq: Tensor, n: int,
+                   ) -> tuple[Tensor, ...]:
     """Back through gLN(w q) = a q + shift, a = gamma rstd w, shift = beta - gamma rstd mean,
-    given the gradients of a and shift ((B, C)): gamma's, beta's and w's direct gradient, and
-    the gradients of the sums s1 = sum of w q and s2 = sum of (w q)^2 over (T, C) ((B,) each)."""
+    given the gradients of a and shift ((B, C)) and q's per-channel sums sum_q, sum_sq
+    (`_norm_stats`): gamma's, beta's and w's gradients, and the gradients of the sums
+    s1 = sum of w q and s2 = sum of (w q)^2 over (T, C) ((B,) each), which reach q."""
     ws = 1 if w is None else w
     grad_gamma = (grad_a * ws * rstd[:, None] - grad_shift * (rstd * mean)[:, None]).sum(0)
     grad_beta = grad_shift.sum(0)
@@ -330,7 +334,10 @@ def _norm_backward(grad_a: Tensor, grad_shift: Tensor, gamma: Tensor, w: Tensor 
     grad_mean = -(gamma * grad_shift).sum(1) * rstd
     # rstd = (s2 / n - mean^2 + eps)^-1/2, mean = s1 / n
     grad_var = -0.5 * grad_rstd * rstd**3
-    return grad_gamma, grad_beta, grad_w, (grad_mean - 2 * mean * grad_var) / n, grad_var / n
+    grad_s1, grad_s2 = (grad_mean - 2 * mean * grad_var) / n, grad_var / n
+    if w is not None:  # through s1 and s2 too
+        grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
+    return grad_gamma, grad_beta, grad_w, grad_s1, grad_s2
 
 
 def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tensor) -> Tensor:
@@ -354,19 +361,20 @@ def norm_modulate(q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate
     return NormModulateFn.forward(None, q, w, gamma, beta, gate, shift_g, eps)
 
 
-def _affine(gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample scale a and shift ((B, C)) of a gLN with affine gamma, beta: a q + shift."""
+def _affine(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rstd: Tensor,
+            ) -> tuple[Tensor, Tensor]:
+    """Per-sample scale a and shift ((B, C)) of the gLN of w q with affine gamma, beta (w (C,)
+    or None = 1; mean and rstd those of w q): gLN(w q) = a q + shift."""
     a = gamma * rstd[:, None]
-    return a, beta - a * mean[:, None]
+    shift = beta - a * mean[:, None]
+    return (a if w is None else a * w), shift
 
 
 def _modulation(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rstd: Tensor,
                 gate: Tensor, shift_g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """coef, bias ((B, T', 1, C)) with gLN(w q) * gate + shift_g = q coef + bias, and the
     per-sample scale and shift ((B, C)) of q's gLN: gLN(w q) = a q + shift."""
-    a, shift = _affine(gamma, beta, mean, rstd)
-    if w is not None:
-        a = a * w
+    a, shift = _affine(gamma, beta, w, mean, rstd)
     coef = a[:, None, None] * gate
     bias = torch.addcmul(shift_g, shift[:, None, None], gate)
     return coef, bias, a, shift
@@ -395,9 +403,7 @@ class NormModulateFn(torch.autograd.Function):
         grad_gate = grad_coef * a[:, None, None] + grad_bias * shift[:, None, None]
         grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
             (grad_coef * gate).sum((1, 2)), (grad_bias * gate).sum((1, 2)), gamma, w, mean, rstd,
-            q[0].numel())
-        if grad_w is not None:  # s1 and s2 are sums of w q and (w q)^2
-            grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
+            sum_q, sum_sq, q[0].numel())
         grad_q = _sums_input_grad(q, w, grad_s1, grad_s2).addcmul_(grad, coef)
         return grad_q, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
 
@@ -411,9 +417,7 @@ class GlobLNFn(torch.autograd.Function):
     def forward(ctx, q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, eps: float,
                 step: int) -> Tensor:
         mean, rstd, sum_q, sum_sq = _norm_stats(q, w, eps)
-        a, shift = _affine(gamma, beta, mean, rstd)
-        if w is not None:
-            a = a * w
+        a, shift = _affine(gamma, beta, w, mean, rstd)
         if ctx is not None:  # None: called without autograd (`glob_ln`)
             ctx.save_for_backward(q, w, gamma, mean, rstd, a, sum_q, sum_sq)
             ctx.step = step
@@ -424,9 +428,7 @@ class GlobLNFn(torch.autograd.Function):
         q, w, gamma, mean, rstd, a, sum_q, sum_sq = ctx.saved_tensors
         sum_grad, sum_grad_q = _row_sums(grad, q[:, :: ctx.step])
         grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
-            sum_grad_q, sum_grad, gamma, w, mean, rstd, q[0].numel())
-        if grad_w is not None:  # s1 and s2 are sums of w q and (w q)^2
-            grad_w += (grad_s1[:, None] * sum_q + 2 * w * grad_s2[:, None] * sum_sq).sum(0)
+            sum_grad_q, sum_grad, gamma, w, mean, rstd, sum_q, sum_sq, q[0].numel())
         grad_q = _sums_input_grad(q, w, grad_s1, grad_s2)
         grad_q[:, :: ctx.step].addcmul_(grad, a[:, None])
         return grad_q, grad_w, grad_gamma, grad_beta, None, None
