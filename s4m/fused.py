@@ -145,7 +145,7 @@ def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad:
     return y.squeeze(2)
 
 
-_TAP_CHUNK = 1 << 18  # elements of the (rows, K, C) weight-gradient accumulator: ~L2-sized
+_TAP_CHUNK = 1 << 19  # elements of the (rows, K, C) accumulator: 2 MiB, faster than L2-sized
 
 
 def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
@@ -160,9 +160,8 @@ def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
     rows = max(1, _TAP_CHUNK // (k * c))
     acc = g.new_zeros(min(rows, n), k, c, dtype=torch.promote_types(g.dtype, torch.float32))
     for bi in range(b):
-        for i in range(0, n, rows):
-            e = min(i + rows, n)
-            acc[: e - i].addcmul_(win[bi, i:e], g[bi, i:e, None])
+        for w_rows, g_rows in zip(win[bi].split(rows), g[bi, :, None].split(rows), strict=True):
+            acc[: len(w_rows)].addcmul_(w_rows, g_rows)
     return acc.sum(0)
 
 
@@ -282,7 +281,7 @@ def _sum_r(a: Tensor, b: Tensor | None = None) -> Tensor:
     return out
 
 
-_ROW_CHUNK = 1 << 16  # elements per operand in one `_row_sums` step: the chunks stay in L2
+_ROW_CHUNK = 1 << 17  # elements per operand in one `_row_sums` step: the chunks stay in cache
 
 
 def _row_sums(a: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -290,17 +289,20 @@ def _row_sums(a: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
     float32 at least. Summed a chunk of rows at a time into cache-resident accumulators, so each
     map is read from memory once for both sums and no full-size product is written."""
     acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums under autocast
-    other = a if b is None else b
     if _compiling():  # the compiler fuses the plain form into one loop
-        return a.sum(1, dtype=acc), (a * other).sum(1, dtype=acc)
+        return a.sum(1, dtype=acc), (a * (a if b is None else b)).sum(1, dtype=acc)
     batch, t, c = a.shape
     rows = min(t, max(1, _ROW_CHUNK // (batch * c)))
-    sum_a = a[:, :rows].to(acc, copy=True)  # the first chunk starts the accumulators
-    sum_ab = sum_a * other[:, :rows]
-    for i in range(rows, t, rows):
-        n = min(rows, t - i)
-        sum_a[:, :n].add_(a[:, i: i + n])
-        sum_ab[:, :n].addcmul_(a[:, i: i + n], other[:, i: i + n])
+    # every chunk's view from one `split` call: per-chunk slicing cost as much as the adds
+    chunks_a = a.split(rows, 1)
+    chunks_b = chunks_a if b is None else b.split(rows, 1)
+    sum_a = chunks_a[0].to(acc, copy=True)  # the first chunk starts the accumulators
+    sum_ab = sum_a * chunks_b[0]
+    for x, y in zip(chunks_a[1:], chunks_b[1:], strict=True):
+        n = x.shape[1]  # rows, or fewer in the last chunk
+        sa, sab = (sum_a, sum_ab) if n == rows else (sum_a[:, :n], sum_ab[:, :n])
+        sa.add_(x)
+        sab.addcmul_(x, y)
     return sum_a.sum(1), sum_ab.sum(1)
 
 

@@ -265,6 +265,8 @@ def test_goal_ratios():
     rows[0]["infer_s_compiled"], rows[1]["infer_s_compiled"] = 0.4, 2.0
     compiled = speed.goal_ratios(rows, load_published())["infer_compiled_s4m_tiny_over_sepformer"]
     assert compiled["measured"] == pytest.approx(0.2) and not compiled["met"]
+    own = speed.goal_ratios(rows, load_published())["infer_compiled_over_eager_s4m_tiny"]
+    assert own["measured"] == pytest.approx(0.8) and own["met"]
     # a goal pair's medians, timed in one process, decide where they exist
     pairs = {"train": {"times": {"s4m_tiny": [2.0, 1.9, 9.0], "convtasnet": [2.0, 2.1, 2.2]}}}
     goals = speed.goal_ratios(rows, load_published(), pairs)
