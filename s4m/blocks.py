@@ -110,8 +110,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x_t = x.transpose(1, 2)  # (B, T, C): the 1x1 convs as linear maps over channels
-        hid = F.gelu(F.linear(self.norm(x_t), self.fc1.weight[..., 0], self.fc1.bias))
-        return (x_t + F.linear(hid, self.fc2.weight[..., 0], self.fc2.bias)).transpose(1, 2)
+        hid = F.gelu(F.linear(self.norm(x_t), self.fc1.weight.squeeze(-1), self.fc1.bias))
+        return (x_t + F.linear(hid, self.fc2.weight.squeeze(-1), self.fc2.bias)).transpose(1, 2)
 
 
 class MultiScaleBlock(nn.Module):

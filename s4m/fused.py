@@ -79,7 +79,7 @@ def time_major(x: Tensor) -> Tensor:
 
 def pointwise(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     """1x1 conv (weight (C_out, C_in, 1)) of a (B, C_in, T) map as a GEMM on its (B, T, C) view."""
-    return F.linear(time_major(x).transpose(1, 2), weight[..., 0], bias).transpose(1, 2)
+    return F.linear(time_major(x).transpose(1, 2), weight.squeeze(-1), bias).transpose(1, 2)
 
 
 def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -89,7 +89,7 @@ def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
     if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.stride[0] == 1:
         return pointwise(conv.weight, conv.bias, x)
     if conv.kernel_size[0] == 1 and conv.groups > 1 and conv.groups == conv.in_channels:
-        w = conv.weight[:, 0]  # (C, 1)
+        w = conv.weight.squeeze(-1)  # (C, 1)
         return x * w if conv.bias is None else torch.addcmul(conv.bias[:, None], x, w)
     if conv.groups == conv.in_channels == conv.out_channels:
         return depthwise(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
@@ -158,10 +158,12 @@ def _tap_sums(xs: Tensor, g: Tensor, k: int, stride: int) -> Tensor:
         raise ValueError("windows must lie inside xs, whose rows must be contiguous")
     win = xs.as_strided((b, n, k, c), (xs.stride(0), stride * c, c, 1), xs.storage_offset())
     rows = max(1, _TAP_CHUNK // (k * c))
-    acc = g.new_zeros(min(rows, n), k, c, dtype=torch.promote_types(g.dtype, torch.float32))
-    for bi in range(b):
-        for w_rows, g_rows in zip(win[bi].split(rows), g[bi, :, None].split(rows), strict=True):
-            acc[: len(w_rows)].addcmul_(w_rows, g_rows)
+    pairs = [p for bi in range(b)
+             for p in zip(win[bi].split(rows), g[bi, :, None].split(rows), strict=True)]
+    # the first chunk's product starts the accumulator (float32 at least): no zero fill
+    acc = pairs[0][0].to(torch.promote_types(g.dtype, torch.float32)) * pairs[0][1]
+    for w_rows, g_rows in pairs[1:]:
+        acc[: len(w_rows)].addcmul_(w_rows, g_rows)
     return acc.sum(0)
 
 
@@ -441,7 +443,7 @@ def _conv_norm(module: ConvNorm, x: Tensor, step: int) -> Tensor:
     per-channel scale (a depthwise 1x1 conv) is folded into the gLN instead of applied."""
     conv, norm = module.conv, module.norm
     if conv.kernel_size[0] == 1 and conv.groups == conv.in_channels and conv.bias is None:
-        return glob_ln(x, norm.gamma, norm.beta, norm.eps, step, conv.weight[:, 0, 0])
+        return glob_ln(x, norm.gamma, norm.beta, norm.eps, step, conv.weight.view(-1))
     return glob_ln(conv1d(conv, x), norm.gamma, norm.beta, norm.eps, step)
 
 
@@ -457,7 +459,7 @@ def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
     shift_g = _conv_norm(module.global_embedding, glob, step)
     conv, norm = module.local_embedding.conv, module.local_embedding.norm
     if conv.kernel_size[0] == 1:  # per-channel scale: fold it instead of applying it
-        q, scale = time_major(local), conv.weight[:, 0, 0]
+        q, scale = time_major(local), conv.weight.view(-1)
     else:
         q, scale = conv1d(conv, local), None
     gate, shift_g = _align(gate), _align(shift_g)  # (B, T', 1, C)

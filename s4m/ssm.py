@@ -261,7 +261,7 @@ class S4Layer(nn.Module):
         # backward sees the gradient in its input's layout (mixed layouts: ~10x slower on CPU);
         # returns (B, 2H -> H, L) time-major
         act = F.gelu(self.ssm(u, k_f).transpose(1, 2).contiguous())
-        w, b = self.output_linear.weight[..., 0], self.output_linear.bias
+        w, b = self.output_linear.weight.squeeze(-1), self.output_linear.bias
         return F.glu(F.linear(act, w, b), dim=-1).transpose(1, 2)
 
 

@@ -516,10 +516,10 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
             "released_code": _ratio(released.get("infer_4s_s"), sep.get("infer_4s_s")),
         }
         compiled = [by[m].get("infer_s_compiled") for m in ("s4m_tiny", "sepformer")]
-        if all(isinstance(t, float) and math.isfinite(t) for t in compiled):
+        if all(map(_finite, compiled)):
             out["infer_compiled_s4m_tiny_over_sepformer"] = time_goal(
                 "compiled", compiled[0] / compiled[1], GOAL_INFER_VS_SEPFORMER)
-    if isinstance(tiny.get("infer_s_compiled"), float) and math.isfinite(tiny["infer_s_compiled"]):
+    if _finite(tiny.get("infer_s_compiled")):
         out["infer_compiled_over_eager_s4m_tiny"] = {
             "measured": tiny["infer_s_compiled"] / tiny["infer_s_median"],
             "goal_max": GOAL_COMPILED_VS_EAGER,
@@ -541,6 +541,11 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
     for goal in out.values():
         goal["met"] = goal["measured"] <= goal["goal_max"]
     return out
+
+
+def _finite(t: Any) -> bool:
+    """Whether t is a measured time (a compiled time is NaN or missing where compiling failed)."""
+    return isinstance(t, float) and math.isfinite(t)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
