@@ -69,6 +69,14 @@ def _autograd(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _owned(grad: Tensor) -> Tensor:
+    """An input gradient for a backward to return. A map with several consumers gets their
+    gradients summed by autograd, in place only into a gradient that is not a view; a
+    time-major map's gradient is a transposed view of a (B, T, C) tensor, so it is detached
+    (a new tensor on the same memory). Under create_graph it stays in the graph."""
+    return grad if torch.is_grad_enabled() else grad.detach()
+
+
 # ---- layout ------------------------------------------------------------------------------------
 
 
@@ -109,10 +117,10 @@ def glob_ln(x: Tensor, gamma: Tensor, beta: Tensor, eps: float, step: int = 1,
         mean = x_t.mean((1, 2), keepdim=True)
         var = (x_t.square().mean((1, 2), keepdim=True) - mean.square()).clamp_min(0)
         return ((x_t[:, ::step] - mean) * (var + eps).rsqrt() * gamma + beta).transpose(1, 2)
-    x_t = time_major(x).transpose(1, 2)  # (B, T, C) contiguous
+    x = time_major(x)
     if _autograd(x, scale, gamma, beta):
-        return GlobLNFn.apply(x_t, scale, gamma, beta, eps, step).transpose(1, 2)
-    return GlobLNFn.forward(None, x_t, scale, gamma, beta, eps, step).transpose(1, 2)
+        return GlobLNFn.apply(x, scale, gamma, beta, eps, step)
+    return GlobLNFn.forward(None, x, scale, gamma, beta, eps, step)
 
 
 def avg_pool(x: Tensor, r: int) -> Tensor:
@@ -211,8 +219,8 @@ class DepthwiseFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # output_padding: input samples past the last window (strided convs)
             extra = (x.shape[-1] + 2 * pad - k) % s
-            grad_x = F.conv_transpose2d(g[:, :, None], weight[:, :, None], None, (1, s),
-                                        (0, pad), (0, extra), x.shape[1]).squeeze(2)
+            grad_x = _owned(F.conv_transpose2d(g[:, :, None], weight[:, :, None], None, (1, s),
+                                               (0, pad), (0, extra), x.shape[1]).squeeze(2))
         g_t = g.transpose(1, 2).contiguous()  # (B, T_out, C); a no-op unless g is a slice
         if ctx.needs_input_grad[1]:
             x_t = time_major(x).transpose(1, 2).contiguous()  # (B, T, C)
@@ -255,6 +263,12 @@ class PReLUFn(torch.autograd.Function):
 
 
 # ---- fusion ------------------------------------------------------------------------------------
+
+
+def _by_r(x: Tensor, frames: int) -> Tensor:
+    """A time-major (B, C, T) map as (B, T', r, C), T' = `frames`, T = T' r: a view."""
+    b, c, _ = x.shape
+    return x.transpose(1, 2).view(b, frames, -1, c)
 
 
 def _align(x: Tensor) -> Tensor:
@@ -355,14 +369,16 @@ def _sums_input_grad(q: Tensor, w: Tensor | None, grad_s1: Tensor, grad_s2: Tens
     return torch.addcmul(lin, q, quad)
 
 
-def norm_modulate(q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
+def norm_modulate(x: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
                   shift_g: Tensor, eps: float) -> Tensor:
-    """gLN(w q) * gate + shift_g for q (B, T', r, C) (a (B, T, C) map, T = T' r), w (C,) or
-    None (= 1), gLN's affine gamma, beta (C,), gate and shift_g (B, T', 1, C): one statistics
-    pass over q, then one broadcast multiply-add."""
-    if _autograd(q, w, gamma, beta, gate, shift_g):
-        return NormModulateFn.apply(q, w, gamma, beta, gate, shift_g, eps)
-    return NormModulateFn.forward(None, q, w, gamma, beta, gate, shift_g, eps)
+    """gLN(w x) * gate + shift_g, time-major, for a (B, C, T) map x, w (C,) or None (= 1),
+    gLN's affine gamma, beta (C,), and gate and shift_g (B, T', 1, C) at a coarser rate
+    (T = T' r), repeated r times: one statistics pass over x, then one broadcast multiply-add
+    on x's (B, T', r, C) view."""
+    x = time_major(x)
+    if _autograd(x, w, gamma, beta, gate, shift_g):
+        return NormModulateFn.apply(x, w, gamma, beta, gate, shift_g, eps)
+    return NormModulateFn.forward(None, x, w, gamma, beta, gate, shift_g, eps)
 
 
 def _affine(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rstd: Tensor,
@@ -385,22 +401,24 @@ def _modulation(gamma: Tensor, beta: Tensor, w: Tensor | None, mean: Tensor, rst
 
 
 class NormModulateFn(torch.autograd.Function):
-    """`norm_modulate` with a hand-written backward: the full-size work is two sums over r and
-    grad_q in two passes (autograd makes several full-size temporaries and adds up two
-    gradients of q, from the statistics and from the multiply-add)."""
+    """`norm_modulate` (x time-major) with a hand-written backward: the full-size work is two
+    sums over r and x's gradient in two passes (autograd makes several full-size temporaries
+    and adds up two gradients of x, from the statistics and from the multiply-add)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
+    def forward(ctx, x: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, gate: Tensor,
                 shift_g: Tensor, eps: float) -> Tensor:
-        mean, rstd, sum_q, sum_sq = _norm_stats(q.flatten(1, 2), w, eps)
+        q = _by_r(x, gate.shape[1])
+        mean, rstd, sum_q, sum_sq = _norm_stats(x.transpose(1, 2), w, eps)
         coef, bias, a, shift = _modulation(gamma, beta, w, mean, rstd, gate, shift_g)
         if ctx is not None:  # None: called without autograd (`norm_modulate`)
-            ctx.save_for_backward(q, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift)
-        return torch.addcmul(bias, q, coef)
+            ctx.save_for_backward(x, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift)
+        return torch.addcmul(bias, q, coef).flatten(1, 2).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift = ctx.saved_tensors
+        x, w, gamma, gate, mean, rstd, sum_q, sum_sq, coef, a, shift = ctx.saved_tensors
+        q, grad = _by_r(x, gate.shape[1]), _by_r(time_major(grad), gate.shape[1])
         # out = q coef + bias, coef = a gate, bias = shift_g + shift gate
         grad_coef = _sum_r(grad, q)  # (B, T', 1, C)
         grad_bias = _sum_r(grad)
@@ -409,33 +427,37 @@ class NormModulateFn(torch.autograd.Function):
             (grad_coef * gate).sum((1, 2)), (grad_bias * gate).sum((1, 2)), gamma, w, mean, rstd,
             sum_q, sum_sq, q[0].numel())
         grad_q = _sums_input_grad(q, w, grad_s1, grad_s2).addcmul_(grad, coef)
-        return grad_q, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
+        grad_x = _owned(grad_q.flatten(1, 2).transpose(1, 2))
+        return grad_x, grad_w, grad_gamma, grad_beta, grad_gate, grad_bias, None
 
 
 class GlobLNFn(torch.autograd.Function):
-    """gLN of w q for a (B, T, C) map q, w (C,) or None (= 1), output at every step-th frame
-    (statistics over all): one pass of sums and one multiply-add forward, one pass of sums and
-    two passes backward (torch's group norm backward is ~4x slower in either layout)."""
+    """gLN of w x for a time-major (B, C, T) map x, w (C,) or None (= 1), output (time-major)
+    at every step-th frame (statistics over all): one pass of sums and one multiply-add
+    forward, one pass of sums and two passes backward (torch's group norm backward is ~4x
+    slower in either layout). Works on the (B, T, C) view inside."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, eps: float,
+    def forward(ctx, x: Tensor, w: Tensor | None, gamma: Tensor, beta: Tensor, eps: float,
                 step: int) -> Tensor:
+        q = x.transpose(1, 2)  # (B, T, C) contiguous
         mean, rstd, sum_q, sum_sq = _norm_stats(q, w, eps)
         a, shift = _affine(gamma, beta, w, mean, rstd)
         if ctx is not None:  # None: called without autograd (`glob_ln`)
-            ctx.save_for_backward(q, w, gamma, mean, rstd, a, sum_q, sum_sq)
+            ctx.save_for_backward(x, w, gamma, mean, rstd, a, sum_q, sum_sq)
             ctx.step = step
-        return torch.addcmul(shift[:, None], q[:, ::step], a[:, None])
+        return torch.addcmul(shift[:, None], q[:, ::step], a[:, None]).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, w, gamma, mean, rstd, a, sum_q, sum_sq = ctx.saved_tensors
-        sum_grad, sum_grad_q = _row_sums(grad, q[:, :: ctx.step])
+        x, w, gamma, mean, rstd, a, sum_q, sum_sq = ctx.saved_tensors
+        q, g = x.transpose(1, 2), time_major(grad).transpose(1, 2)  # (B, T, C), (B, T', C)
+        sum_grad, sum_grad_q = _row_sums(g, q[:, :: ctx.step])
         grad_gamma, grad_beta, grad_w, grad_s1, grad_s2 = _norm_backward(
             sum_grad_q, sum_grad, gamma, w, mean, rstd, sum_q, sum_sq, q[0].numel())
         grad_q = _sums_input_grad(q, w, grad_s1, grad_s2)
-        grad_q[:, :: ctx.step].addcmul_(grad, a[:, None])
-        return grad_q, grad_w, grad_gamma, grad_beta, None, None
+        grad_q[:, :: ctx.step].addcmul_(g, a[:, None])
+        return _owned(grad_q.transpose(1, 2)), grad_w, grad_gamma, grad_beta, None, None
 
 
 def _conv_norm(module: ConvNorm, x: Tensor, step: int) -> Tensor:
@@ -451,18 +473,15 @@ def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
     """`module(local, glob)` (a `s4m.blocks.Fusion`) with the local gLN folded into a
     per-channel scale and shift from one statistics pass, so the full-rate work is one depthwise
     conv (kernel > 1) and one broadcast multiply-add; time-major out."""
-    b, c, t = local.shape
     # the released top-down quirk feeds a finer map as "global" input: its gLN statistics are
     # over all of its frames, the rest is only needed at the `step` frames nearest-resampling keeps
-    step = max(1, glob.shape[-1] // t)
+    step = max(1, glob.shape[-1] // local.shape[-1])
     gate = torch.sigmoid(_conv_norm(module.global_act, glob, step))
     shift_g = _conv_norm(module.global_embedding, glob, step)
     conv, norm = module.local_embedding.conv, module.local_embedding.norm
     if conv.kernel_size[0] == 1:  # per-channel scale: fold it instead of applying it
-        q, scale = time_major(local), conv.weight.view(-1)
+        x, scale = local, conv.weight.view(-1)
     else:
-        q, scale = conv1d(conv, local), None
-    gate, shift_g = _align(gate), _align(shift_g)  # (B, T', 1, C)
-    q = time_major(q).transpose(1, 2).view(b, gate.shape[1], -1, c)  # (B, T', r, C)
-    out = norm_modulate(q, scale, norm.gamma, norm.beta, gate, shift_g, norm.eps)
-    return out.view(b, t, c).transpose(1, 2)
+        x, scale = conv1d(conv, local), None
+    return norm_modulate(x, scale, norm.gamma, norm.beta, _align(gate), _align(shift_g),
+                         norm.eps)

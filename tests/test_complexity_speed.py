@@ -273,9 +273,10 @@ def test_goal_ratios():
     train = goals["train_step_s4m_tiny_over_convtasnet"]
     assert train["measured"] == pytest.approx(2.0 / 2.1) and train["met"]
     assert train["separate_processes"] == pytest.approx(1.5)
+    assert train["round_range"] == pytest.approx([1.9 / 2.1, 9.0 / 2.2])
     assert train["method"] == "one process, in turn"
     assert goals["infer_s4m_tiny_over_sepformer"]["method"] == "separate processes"
-    assert "separate processes 1.500" in speed.format_goals(goals)
+    assert "rounds 0.90-4.09, separate processes 1.500" in speed.format_goals(goals)
 
 
 @pytest.mark.parametrize("kind", ["infer", "train", "compiled"])

@@ -192,7 +192,7 @@ def test_norm_modulate_gradcheck(scaled, row_chunk, monkeypatch):
     if row_chunk:
         monkeypatch.setattr(fused, "_ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
-    q = torch.randn(2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    q = fused.time_major(torch.randn(2, 3, 8, dtype=torch.float64)).requires_grad_()
     w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
     gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     gate, shift = (torch.randn(2, 4, 1, 3, dtype=torch.float64, requires_grad=True)
@@ -216,14 +216,35 @@ def test_glob_ln_gradcheck(row_chunk, step, scaled, monkeypatch):
     if row_chunk:
         monkeypatch.setattr(fused, "_ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
-    q = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, C)
+    q = fused.time_major(torch.randn(2, 3, 5, dtype=torch.float64)).requires_grad_()
     w = torch.randn(3, dtype=torch.float64, requires_grad=True) if scaled else None
     gamma, beta = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(lambda *a: fused.GlobLNFn.apply(*a, 1e-8, step),
                                     (q, w, gamma, beta))
-    scaled_q = q if w is None else q * w
-    ref = F.group_norm(scaled_q.transpose(1, 2), 1, gamma, beta, 1e-8).transpose(1, 2)
-    assert torch.allclose(fused.GlobLNFn.apply(q, w, gamma, beta, 1e-8, step), ref[:, ::step])
+    scaled_q = q if w is None else q * w[:, None]
+    ref = F.group_norm(scaled_q, 1, gamma, beta, 1e-8)
+    assert torch.allclose(fused.GlobLNFn.apply(q, w, gamma, beta, 1e-8, step), ref[..., ::step])
+
+
+def test_input_gradients_not_views():
+    """autograd sums the gradients of a map with several consumers in place only into one that
+    is not a view: the hand-written backwards return time-major input gradients as their own
+    tensors (a view here makes every such sum write a fresh map)."""
+    torch.manual_seed(0)
+    x = fused.time_major(torch.randn(2, 3, 8)).requires_grad_()
+    w = torch.randn(3, 1, 5, requires_grad=True)
+    gamma, beta = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    gate = torch.randn(2, 4, 1, 3, requires_grad=True)
+    outs = [fused.DepthwiseFn.apply(x, w, None, 1, 2),
+            fused.GlobLNFn.apply(x, None, gamma, beta, 1e-8, 1),
+            fused.NormModulateFn.apply(x, None, gamma, beta, gate, gate, 1e-8)]
+    for out in outs:
+        with torch.no_grad():  # as in backward()
+            grad_x = out.grad_fn.apply(torch.ones_like(out))[0]
+        assert not grad_x._is_view() and grad_x.stride() == x.stride()
+        with torch.enable_grad():  # create_graph: the gradient stays in the graph
+            grad_x = out.grad_fn.apply(torch.ones_like(out, requires_grad=True))[0]
+        assert grad_x.requires_grad
 
 
 @pytest.mark.parametrize("r", [1, 2, 3, 8])

@@ -492,7 +492,9 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
     """S4M-tiny against Sepformer (inference), Conv-TasNet (training step) and the released
     code's training-step memory, next to the same ratios measured for the released code. A
     time ratio is "measured" from its goal pair (`run_pair_worker`'s medians) where `pairs`
-    has it, else from the rows; "separate_processes" is always the rows' ratio."""
+    has it, else from the rows; "separate_processes" is always the rows' ratio, and
+    "round_range" the lowest and highest ratio of the pair's rounds (how far the machine's
+    noise moves one round)."""
     by = {row["model"]: row for row in rows}
     ref = published.get("reference_measurements", {}).get("models", {})
     released, ctn, sep = (ref.get(k, {}) for k in ("released_s4m_tiny", "convtasnet", "sepformer"))
@@ -505,9 +507,13 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
     def time_goal(kind: str, separate: float, goal_max: float) -> dict[str, Any]:
         times = pairs.get(kind, {}).get("times")
         paired = _ratio(*(statistics.median(t) for t in times.values())) if times else None
-        return {"measured": paired or separate, "goal_max": goal_max,
+        goal = {"measured": paired or separate, "goal_max": goal_max,
                 "method": "one process, in turn" if paired else "separate processes",
                 "separate_processes": separate}
+        if paired:
+            rounds = [a / b for a, b in zip(*times.values(), strict=True)]
+            goal["round_range"] = [min(rounds), max(rounds)]
+        return goal
 
     if "sepformer" in by:
         out["infer_s4m_tiny_over_sepformer"] = {
@@ -560,7 +566,8 @@ def format_goals(summary: dict[str, Any]) -> str:
         lines.append(
             f"{name}: {goal['measured']:.3f} (goal <= {goal['goal_max']:.3f}, "
             f"{'met' if goal['met'] else 'MISSED'}"
-            + (f"; {method}, separate processes {goal['separate_processes']:.3f})"
+            + (f"; {method}, rounds {goal['round_range'][0]:.2f}-{goal['round_range'][1]:.2f}, "
+               f"separate processes {goal['separate_processes']:.3f})"
                if method == "one process, in turn" else ")")
             + (f"; released code {released:.2f}" if released else "")
         )
