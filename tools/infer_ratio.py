@@ -1,7 +1,7 @@
 """S4M-tiny vs Sepformer inference time on one thread, interleaved, medians (issue 17).
 
     python tools/infer_ratio.py [--seconds 4] [--repeats 5] [--models s4m_tiny sepformer]
-                                [--compile] [--train] [--profile]
+                                [--compile] [--train] [--profile] [--knockout [N]]
 
 Each repeat times every model once, in turn, so machine-load drifts hit all of them alike.
 Prints each model's median and min and the ratios of the first model's median to the others'.
@@ -14,6 +14,11 @@ it also times the step through the compiled model (what `train.compile: true` tr
 bandwidth of one thread (an elementwise pass over a float32 map, to compare with the top ops'), and
 the first model's ratio to the others if only its GEMMs cost time: the floor its ratio could reach
 with every other op free.
+`--knockout N` measures what each op costs the first model (eager inference): it times the
+forward with one aten op at a time made free (its outputs replayed from a recording of the same
+input, in-place ops skipped) for the N ops taking the most time. Each free op saves a time; the
+first model's median minus it, over the second model's median, is the ratio that model would
+reach without that op. It also prints the per-call times of the GEMMs and of all other ops.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -118,6 +124,101 @@ def print_profile(models: dict[str, Callable[[torch.Tensor], object]], wav: torc
               f"measured {med[first] / med[other]:.3f}")
 
 
+GEMM_OPS = ("aten.linear", "aten.addmm", "aten.mm", "aten.bmm", "aten.baddbmm", "aten.matmul")
+
+
+def aliases(func: torch._ops.OpOverload) -> bool:
+    """Whether an op may return a view or its input (`to`, `contiguous`; not in-place ops): it
+    costs nothing or nothing more, and can't be made free, since an alias must be made anew."""
+    return any(r.alias_info and not r.alias_info.is_write for r in func._schema.returns)
+
+
+class OpTimes(TorchDispatchMode):
+    """Wall time and calls per aten op (its overload packet's name) that `Replay` can make free,
+    measured around each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        if aliases(func):
+            return out
+        name = str(func.overloadpacket)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+
+class Replay(TorchDispatchMode):
+    """Runs every op, except that ops for which `free(name)` holds cost nothing: with `record`
+    their outputs are kept in call order; after it they are returned again (in-place ops return
+    their input unchanged). Same shapes and, but after a skipped in-place op, the same values as
+    a real run, so the other ops' times hold."""
+
+    def __init__(self, free: Callable[[str], bool]):
+        super().__init__()
+        self.free, self.outputs, self.record, self.index = free, [], True, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if aliases(func) or not self.free(name):
+            return func(*args, **(kwargs or {}))
+        if name.endswith("_"):
+            return func(*args, **(kwargs or {})) if self.record else args[0]
+        if self.record:  # a copy: later in-place ops change what the caller got
+            out = func(*args, **(kwargs or {}))
+            self.outputs.append(out.clone() if isinstance(out, torch.Tensor) else out)
+            return out
+        self.index += 1
+        return self.outputs[self.index - 1]
+
+
+def knockout(model: Callable[[torch.Tensor], object], wav: torch.Tensor, plain: float,
+             other: float, top: int, repeats: int) -> None:
+    """Prints, per op made free, the seconds it saves and the ratio `plain` - saved over `other`
+    (the medians of the model and the model it is compared with)."""
+    with torch.inference_mode():
+        timer = OpTimes()
+        with timer:
+            model(wav)
+        ops = sorted(timer.seconds, key=lambda k: -timer.seconds[k])[:top]
+        saved: dict[str, list[float]] = {op: [] for op in ops}
+        for _ in range(repeats):  # in turn, each right after a run with nothing free
+            for op in ops:
+                replay = Replay(lambda name, op=op: name == op)
+                with replay:
+                    model(wav)  # records
+                replay.record = False
+                with Replay(lambda name: False):  # the same dispatch cost, nothing free
+                    start = time.perf_counter()
+                    model(wav)
+                    base = time.perf_counter() - start
+                with replay:
+                    start = time.perf_counter()
+                    model(wav)
+                    saved[op].append(base - (time.perf_counter() - start))
+                del replay
+    print(f"\nknockout, eager inference, median of {repeats} pairs (seconds saved by making the "
+          f"op free; ratio = ({plain:.3f} s - saved) / {other:.3f} s)")
+    print(f"{'op made free':<26}{'calls':>7}{'timed s':>9}{'saved s':>9}{'ratio':>8}")
+    for op, values in saved.items():
+        gain = statistics.median(values)
+        print(f"{op:<26}{timer.calls[op]:>7}{timer.seconds[op]:9.3f}{gain:9.3f}"
+              f"{(plain - gain) / other:8.3f}")
+    # together, thousands of small calls: only the per-call timer (a knockout would also save
+    # the dispatch mode's own cost per call, which the plain forward does not pay)
+    gemm = sum(v for k, v in timer.seconds.items() if k in GEMM_OPS)
+    rest = sum(v for k, v in timer.seconds.items() if k not in GEMM_OPS)
+    calls = sum(n for k, n in timer.calls.items() if k not in GEMM_OPS)
+    print(f"timed: GEMMs {gemm:.3f} s, every other op {rest:.3f} s ({calls} calls); ratio with "
+          f"every other op free {(plain - rest) / other:.3f}, with the GEMMs free "
+          f"{(plain - gemm) / other:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -128,9 +229,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--knockout", type=int, nargs="?", const=8, default=0, metavar="N")
     args = parser.parse_args()
-    if args.train and args.profile:
+    if args.train and (args.profile or args.knockout):
         parser.error("--train times training steps, unprofiled")
+    if args.knockout and len(args.models) < 2:
+        parser.error("--knockout compares the first model with the second")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wav = torch.randn(2 if args.train else 1, round(args.seconds * args.sample_rate))
@@ -180,6 +284,9 @@ def main() -> None:
             print(f"{name} compiled/eager: {med[name + '+compile'] / med[name]:.3f}")
     if args.profile:  # eager and, with --compile, compiled
         print_profile(runs, wav, med)
+    if args.knockout:
+        first, second = args.models[:2]
+        knockout(runs[first], wav, med[first], med[second], args.knockout, args.repeats)
 
 
 if __name__ == "__main__":
