@@ -6,13 +6,19 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 unexport PYTHONPATH PYTHONHOME
 
-.PHONY: setup repro test lint bench gpu-check clean-venv
+.PHONY: setup repro results test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
 
 repro: setup
 	@dvc repro
+
+# The CPU results profile (params.yaml `results`, profile cpu): about 2 hours on 2 cores; run it
+# again after an interruption to continue. Outputs in reports/cpu/.
+results: setup
+	@dvc repro prepare
+	@python -m experiments.stages.results
 
 test: setup
 	@python -m pytest -q

@@ -10,7 +10,7 @@ sepformer checkpoint folders.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,55 +43,88 @@ class Entry:
     tolerance: float  # relative; tests hold the built model's params to the published count
     tiny: dict[str, Any]  # constructor overrides of a small variant for fast checks (tests, GPU)
     baseline_config: str | None = None  # name of the published configuration in `baselines`
+    # constructor overrides of the scaled variants `<name>@<scale>` (see SCALES)
+    scaled: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# Scaled variants, built as `<name>@<scale>` (e.g. `s4m_tiny@cpu`): the published
+# configuration with the entry's `scaled[scale]` overrides. They have no published figures, and
+# their names keep every table from mistaking them for the published models.
+SCALES = {
+    "cpu": "every channel width and the number of blocks in each stack halved; kernels, "
+           "strides, chunking, scales and SSM state as published (the CPU results profile)",
+}
 
 
 _TINY_S4M = dict(bottleneck_channels=16, hidden_channels=16, num_blocks=2, num_scales=3, d_state=4)
+_CPU_S4M = dict(bottleneck_channels=64, hidden_channels=256, num_blocks=8)
 
 # The one list of model names in the code; params.yaml's `models` picks from it.
 REGISTRY: dict[str, Entry] = {
     "s4m_tiny": Entry("S4M", "s4m (this repo)",
-                      "S4M-tiny as in the authors' released model file", 0.03, _TINY_S4M),
+                      "S4M-tiny as in the authors' released model file", 0.03, _TINY_S4M,
+                      scaled={"cpu": _CPU_S4M}),
     "s4m": Entry("S4M", "s4m (this repo)",
                  "S4M, S4 layers at more scales (design unpublished, reconstructed)", 0.05,
-                 _TINY_S4M),
+                 _TINY_S4M, scaled={"cpu": _CPU_S4M}),
     "convtasnet": Entry(
         "ConvTasNetModel", "asteroid ConvTasNet",
         "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask", 0.05,
         dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2, n_repeats=1),
-        "CONVTASNET_CONFIG"),
+        "CONVTASNET_CONFIG",
+        scaled={"cpu": dict(n_filters=256, bn_chan=64, hid_chan=256, skip_chan=64, n_blocks=4)}),
     "dprnn": Entry(
         "DPRNNTasNetModel", "asteroid DPRNNTasNet",
         "paper: N=64, L=2 (hop 1), 64-dim features, 6 BLSTM blocks of 128/dir, K=250, hop 125",
         0.05, dict(n_filters=16, kernel_size=16, stride=8, bn_chan=16, hid_size=16, chunk_size=20,
-                   hop_size=10, n_repeats=1), "DPRNN_CONFIG"),
+                   hop_size=10, n_repeats=1), "DPRNN_CONFIG",
+        scaled={"cpu": dict(n_filters=32, bn_chan=32, hid_size=64, n_repeats=3)}),
     "sudormrf": Entry(
         "SuDORMRFNetModel", "asteroid SuDORMRFNet",
         "1.0x: 512 bases, L=21 (hop 10), B=128, 16 U-ConvBlocks of depth 4, softmax masks", 0.05,
-        dict(n_filters=16, bn_chan=16, num_blocks=2, upsampling_depth=2), "SUDORMRF_CONFIG"),
+        dict(n_filters=16, bn_chan=16, num_blocks=2, upsampling_depth=2), "SUDORMRF_CONFIG",
+        scaled={"cpu": dict(n_filters=256, bn_chan=64, num_blocks=8)}),
     "sepformer": Entry(
         "SepformerNet", "speechbrain dual_path blocks",
         "LibriMix/WSJ0Mix recipe: N=256, L=16 (hop 8), 2 x (8 intra + 8 inter) pre-norm "
         "transformers, d=256, 8 heads, d_ffn=1024, K=250", 0.05,
         dict(n_filters=16, d_model=16, num_layers=1, intra_layers=1, inter_layers=1, nhead=2,
-             d_ffn=16, chunk_size=20)),
+             d_ffn=16, chunk_size=20),
+        scaled={"cpu": dict(n_filters=128, d_model=128, d_ffn=512, intra_layers=4,
+                            inter_layers=4)}),
 }
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """"s4m_tiny@cpu" -> ("s4m_tiny", "cpu"); "s4m_tiny" -> ("s4m_tiny", None)."""
+    base, sep, scale = name.partition("@")
+    return base, (scale if sep else None)
+
+
+def is_known(name: str) -> bool:
+    base, scale = split_name(name)
+    return base in REGISTRY and (scale is None or scale in REGISTRY[base].scaled)
 
 
 def check_model_names(names: list[str], where: str) -> None:
     """A ConfigError naming `where` (e.g. "params.yaml: `models`") for names not in the registry."""
-    unknown = sorted(set(names) - set(REGISTRY))
+    unknown = sorted(n for n in set(names) if not is_known(n))
     if unknown:
-        raise ConfigError(f"{where} has unknown names {unknown} (registry: {list(REGISTRY)})")
+        raise ConfigError(f"{where} has unknown names {unknown} (registry: {list(REGISTRY)}, "
+                          f"scaled as <name>@<scale>, scales {list(SCALES)})")
 
 
 def _check_name(name: str) -> None:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registry models: {', '.join(REGISTRY)}")
+    if not is_known(name):
+        raise ValueError(f"unknown model {name!r}; registry models: {', '.join(REGISTRY)} "
+                         f"(scaled variants: <name>@<scale>, scales {', '.join(SCALES)})")
 
 
 def published_params_m(name: str) -> float:
     """Published parameter count (millions) of a registry model, from published.yaml."""
-    _check_name(name)
+    if name not in REGISTRY:
+        raise ValueError(f"{name!r} has no published figures (registry models: "
+                         f"{', '.join(REGISTRY)})")
     return float(figure(load_published(), name, "params_m")["value"])
 
 
@@ -102,19 +135,22 @@ def count_params_m(model: torch.nn.Module) -> float:
 def build_model(
     name: str, sample_rate: float = 8000, n_src: int = 2, **overrides: Any
 ) -> torch.nn.Module:
-    """A freshly initialised registry model; `overrides` set its constructor arguments."""
+    """A freshly initialised registry model (`name` or a scaled variant `name@scale`);
+    `overrides` set its constructor arguments."""
     _check_name(name)
-    entry = REGISTRY[name]
+    base, scale = split_name(name)
+    entry = REGISTRY[base]
+    arguments = {**(entry.scaled[scale] if scale else {}), **overrides}
     if entry.cls == "S4M":
         from s4m import build_s4m  # the S4M library is optional for the baselines
 
-        model = build_s4m(name, sample_rate=sample_rate, n_src=n_src, **overrides)
+        model = build_s4m(base, sample_rate=sample_rate, n_src=n_src, **arguments)
     else:
         import baselines  # SepformerNet imports SpeechBrain on first use only
 
         config = getattr(baselines, entry.baseline_config) if entry.baseline_config else {}
         model = baselines.build_baseline(getattr(baselines, entry.cls), config,
-                                         sample_rate=sample_rate, n_src=n_src, **overrides)
+                                         sample_rate=sample_rate, n_src=n_src, **arguments)
     model.registry_spec = dict(name=name, sample_rate=sample_rate, n_src=n_src, overrides=overrides)
     return model
 

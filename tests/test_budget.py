@@ -43,7 +43,15 @@ def test_macs_mode_gives_equal_training_macs_and_fixed_steps() -> None:
     cheap, costly = resolve_budget(cfg, 5.0), resolve_budget(cfg, 50.0)
     assert (cheap["max_steps"], costly["max_steps"]) == (20, 2)  # 1200 / (5 x 4 x 3), 1200 / 600
     assert cheap["max_steps"] * cheap["gmacs_per_step"] == pytest.approx(1200)
-    assert resolve_budget(cfg, 5000.0)["max_steps"] == 1  # at least one step
+    assert cheap["within_budget"] and cheap["deviation"] == pytest.approx(0)
+    # rounded to the nearest step: 1200 / (7 x 12) = 14.3 -> 14, 2% under the budget
+    near = resolve_budget(cfg, 7.0)
+    assert near["max_steps"] == 14 and near["deviation"] == pytest.approx(14 * 84 / 1200 - 1)
+    assert near["within_budget"]
+    # a step costing more than the budget: one step, recorded as 50x the budget and flagged
+    over = resolve_budget(cfg, 5000.0)
+    assert over["max_steps"] == 1 and over["actual_gmacs"] == pytest.approx(60000)
+    assert not over["within_budget"] and over["deviation"] == pytest.approx(49)
     assert apply_budget(cfg, cheap)["train"]["max_steps"] == 20 and cfg["train"]["max_steps"] == -1
     with pytest.raises(ConfigError, match="MACs per second must be known"):
         resolve_budget(cfg, None)

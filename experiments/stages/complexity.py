@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default="reports")
-    parser.add_argument("--models", nargs="+", help="subset of params.yaml `models`")
+    parser.add_argument("--models", nargs="+", help="registry names (default: params.yaml "
+                        "`models`), scaled variants <name>@<scale> included")
+    parser.add_argument("--profile", default=None,
+                        help="settings profile (default: params.yaml's `profile`)")
     args = parser.parse_args(argv)
-    cfg = load_profile(args.params)
+    cfg = load_profile(args.params, args.profile)
     seconds = float(require(cfg, "complexity.seconds"))
     sample_rate = int(require(cfg, "data.sample_rate"))
     threads, seed = int(require(cfg, "threads")), int(require(cfg, "seed"))

@@ -24,10 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="label (default: the file's parent name)")
     parser.add_argument("--out", default=None, help="output folder (default reports/eval/<name>)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None,
+                        help="settings profile (default: params.yaml's `profile`)")
     args = parser.parse_args(argv)
     name = args.name or Path(args.model_path).resolve().parent.name
     out_dir = Path(args.out or Path("reports") / "eval" / name)
-    summary = evaluate(load_profile(args.params), args.model_path, name, out_dir)
+    summary = evaluate(load_profile(args.params, args.profile), args.model_path, name, out_dir)
     brief = {m: round(s["mean"], 2) for m, s in summary["metrics"].items()}
     print(json.dumps({"name": name, "count": summary["count"], **brief}))
     return 0

@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--override", action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE", help="a.b=v: setting; k=v: model constructor arg")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None,
+                        help="settings profile (default: params.yaml's `profile`)")
     parser.add_argument("--complexity", default="reports/complexity.csv")
     args = parser.parse_args(argv)
-    cfg, model_overrides = parse_overrides(args.override, load_profile(args.params))
+    cfg, model_overrides = parse_overrides(args.override, load_profile(args.params, args.profile))
     out_dir = Path(args.out or Path("runs") / args.model)
     macs_mode = require(cfg, "train.budget.mode") == "macs"
     if macs_mode and model_overrides:

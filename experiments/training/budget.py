@@ -2,12 +2,16 @@
 `train.max_steps`) or equal compute (`mode: macs`): every model gets the same number of training
 multiply-accumulates, `train.budget.train_gmacs`, which gives each a deterministic step count,
 
-    steps = floor(train_gmacs / (MACs per second of audio x batch_size x segment_s x factor)),
+    steps = round(train_gmacs / (MACs per second of audio x batch_size x segment_s x factor)),
 
 with the MACs per second from the complexity stage (fvcore count, reports/complexity.csv) and
 `fwd_bwd_factor` the stated cost of a training step relative to a forward pass (forward +
-backward ~ 3 forwards). The budget counts one process's (rank's) batches. Wall time is never the
-budget: `train.max_time_s` is only a safety cap, and a run it stops is flagged in the report.
+backward ~ 3 forwards). The budget counts one process's (rank's) batches. Rounding to whole
+steps moves a run off the budget by at most half a step; a model whose single step costs more
+than twice the budget still trains one step. Either way the budget records the run's actual
+training MACs and its deviation from the budget, and `within_budget` is false when that
+deviation exceeds BUDGET_TOLERANCE (the reports flag such runs). Wall time is never the budget:
+`train.max_time_s` is only a safety cap, and a run it stops is flagged in the report.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from experiments.config import ConfigError, require
 
 MODES = ("steps", "macs")
 MACS_COLUMN = "macs_g_per_s_fvcore"
+BUDGET_TOLERANCE = 0.05  # relative deviation of a run's training MACs from the budget
 
 
 def complexity_macs(path: str | Path, model: str, column: str = MACS_COLUMN) -> float:
@@ -64,8 +69,11 @@ def resolve_budget(cfg: dict[str, Any], macs_g_per_s: float | None = None) -> di
     if not known:
         raise ConfigError(f"train.budget.mode macs: the model's MACs per second must be known "
                           f"and positive, got {macs_g_per_s}")
-    return {"mode": mode, "train_gmacs": gmacs,
-            "max_steps": max(1, math.floor(gmacs / costs["gmacs_per_step"])), **costs}
+    steps = max(1, round(gmacs / costs["gmacs_per_step"]))
+    deviation = steps * costs["gmacs_per_step"] / gmacs - 1
+    return {"mode": mode, "train_gmacs": gmacs, "max_steps": steps,
+            "actual_gmacs": steps * costs["gmacs_per_step"], "deviation": deviation,
+            "within_budget": abs(deviation) <= BUDGET_TOLERANCE, **costs}
 
 
 def apply_budget(cfg: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:

@@ -35,16 +35,18 @@ from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr, pairwise_neg_snr
 from asteroid.utils import flatten_dict
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from experiments.atomic import atomic_path, write_text
 from experiments.config import ConfigError, require
 
 LOSSES = {"neg_sisdr": pairwise_neg_sisdr, "neg_snr": pairwise_neg_snr}
+SCHEDULES = ("plateau", "cosine")
 TRAIN_KEYS = (
     "segment_s", "batch_size", "max_steps", "max_epochs", "max_time_s", "lr", "loss",
-    "weight_decay", "ssm_lr", "grad_clip", "lr_factor", "lr_patience", "early_stop_patience",
+    "weight_decay", "ssm_lr", "grad_clip", "schedule", "warmup_steps", "lr_factor",
+    "lr_patience", "early_stop_patience",
     "val_check_interval", "limit_val_batches", "log_every_n_steps", "export", "accelerator",
     "devices", "num_nodes", "strategy", "num_workers", "precision", "progress_bar", "compile",
 )
@@ -115,17 +117,22 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 # ---------------------------------------------------------------------------------- the system
 class SeparationSystem(System):
-    """asteroid `System` with sharded, resumable loaders; plateau scheduling after each
-    validation (any validation interval); a stop on non-finite losses."""
+    """asteroid `System` with sharded, resumable loaders; the lr schedule of `train.schedule`
+    (plateau: after each validation, at any validation interval; cosine: after each step); a
+    stop on non-finite losses. Each validation also logs the mixture's own loss, so that
+    `val_sisdri` (the estimate's SI-SDR minus the mixture's, under neg_sisdr) is exact, and the
+    training wall seconds so far (`wall_s`, summed over resumptions)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_func: torch.nn.Module, train_set: Dataset, val_set: Dataset,
-                 scheduler: ReduceLROnPlateau, config: dict[str, Any]) -> None:
+                 scheduler: ReduceLROnPlateau | LambdaLR, config: dict[str, Any]) -> None:
         super().__init__(model, optimizer, loss_func, train_loader=None, config=config)
         self.train_set, self.val_set = SeededItems(train_set), SeededItems(val_set)
-        self.plateau = scheduler
+        self.plateau = scheduler if isinstance(scheduler, ReduceLROnPlateau) else None
+        self.per_step = None if self.plateau else scheduler
         self.resume_at: tuple[int, int] | None = None
         self.rank_digests: list[str] = []
+        self.wall_before, self.fit_started = 0.0, time.monotonic()
 
     @staticmethod
     def config_to_hparams(dic: dict[str, Any]) -> dict[str, Any]:
@@ -150,8 +157,18 @@ class SeparationSystem(System):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer
+    def configure_optimizers(self) -> Any:
+        if self.per_step is None:
+            return self.optimizer
+        return {"optimizer": self.optimizer,
+                "lr_scheduler": {"scheduler": self.per_step, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self.fit_started = time.monotonic()
+
+    def wall_s(self) -> float:
+        """Training wall seconds so far, over every resumption of this run."""
+        return self.wall_before + time.monotonic() - self.fit_started
 
     def common_step(self, batch: Any, batch_nb: int, train: bool = True) -> torch.Tensor:
         """asteroid's step with the loss in float32 under mixed precision: SI-SDR's energy
@@ -171,7 +188,11 @@ class SeparationSystem(System):
 
     def validation_step(self, batch: Any, batch_nb: int) -> None:
         loss = self.common_step(batch, batch_nb, train=False)
+        inputs, targets = batch
+        mixture_as_estimates = inputs.unsqueeze(1).expand_as(targets).float()
+        mixture_loss = self.loss_func(mixture_as_estimates, targets.float())
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val_sisdri", mixture_loss - loss, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -179,8 +200,10 @@ class SeparationSystem(System):
         val_loss = self.trainer.callback_metrics["val_loss"]
         if not torch.isfinite(val_loss):
             self._stop(f"validation loss is {val_loss.item()} at step {self.global_step}")
-        self.plateau.step(val_loss.item())
+        if self.plateau is not None:
+            self.plateau.step(val_loss.item())
         self.log("lr", self.optimizer.param_groups[0]["lr"], sync_dist=False)
+        self.log("wall_s", self.wall_s(), sync_dist=False)
 
     def _stop(self, what: str) -> None:
         ckpt = Path(self.config["out_dir"]) / CKPT_DIR / LAST
@@ -196,7 +219,8 @@ class SeparationSystem(System):
         checkpoint["resume"] = {
             "epoch": self.trainer.current_epoch,
             "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed,
-            "plateau": self.plateau.state_dict(),
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "wall_s": self.wall_s(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                           *np_state[2:]],
@@ -206,7 +230,9 @@ class SeparationSystem(System):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["resume"]
         self.resume_at = (state["epoch"], state["batches_done"])
-        self.plateau.load_state_dict(state["plateau"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+        self.wall_before = float(state.get("wall_s", 0.0))
         torch.set_rng_state(state["torch_rng"])
         kind, keys, *rest = state["numpy_rng"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
@@ -271,6 +297,15 @@ def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"params.yaml: train.{key} must be a positive integer")
     if not (isinstance(train["segment_s"], int | float) and train["segment_s"] > 0):
         raise ConfigError("params.yaml: train.segment_s must be a positive number of seconds")
+    if train["schedule"] not in SCHEDULES:
+        raise ConfigError(f"params.yaml: train.schedule={train['schedule']!r}; use one of "
+                          f"{list(SCHEDULES)}")
+    if not isinstance(train["warmup_steps"], int) or train["warmup_steps"] < 0:
+        raise ConfigError("params.yaml: train.warmup_steps must be a non-negative integer")
+    patience = train["early_stop_patience"]
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ConfigError("params.yaml: train.early_stop_patience must be a positive integer "
+                          "or null (no early stopping)")
     if not isinstance(train["compile"], bool):
         raise ConfigError(f"params.yaml: train.compile={train['compile']!r}; use true or false")
     return train
@@ -326,6 +361,28 @@ def build_loss(name: str) -> torch.nn.Module:
     return PITLossWrapper(LOSSES[name], pit_from="pw_mtx")
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer,
+                train: dict[str, Any]) -> ReduceLROnPlateau | LambdaLR:
+    """`train.schedule` plateau: the lr times lr_factor after lr_patience validations without
+    improvement. cosine: a linear warm-up over warmup_steps, then a half cosine from the peak
+    lr to 0 at max_steps (a fixed step budget is then required)."""
+    if train["schedule"] == "plateau":
+        return ReduceLROnPlateau(optimizer, mode="min", factor=train["lr_factor"],
+                                 patience=train["lr_patience"])
+    total, warmup = train["max_steps"], train["warmup_steps"]
+    if not isinstance(total, int) or total < 1:
+        raise ConfigError("params.yaml: train.schedule cosine needs a step budget "
+                          f"(train.max_steps or budget mode macs), got max_steps={total}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
 def param_groups(model: torch.nn.Module, train: dict[str, Any]) -> list[dict[str, Any]]:
     """The model's own groups where it defines `param_groups(lr, weight_decay, ssm_lr)` (S4M:
     SSM params without weight decay, with their own lr), else one group."""
@@ -344,8 +401,9 @@ def _exported_state(out_dir: Path, export: str, system: SeparationSystem) -> dic
     return system.model.state_dict()
 
 
-def _stopped_by(trainer: pl.Trainer, train: dict[str, Any], stopper: EarlyStopping) -> str:
-    if stopper.stopped_epoch > 0 or stopper.wait_count >= stopper.patience:
+def _stopped_by(trainer: pl.Trainer, train: dict[str, Any],
+                stopper: EarlyStopping | None) -> str:
+    if stopper and (stopper.stopped_epoch > 0 or stopper.wait_count >= stopper.patience):
         return "early_stopping"
     if train["max_steps"] not in (None, -1) and trainer.global_step >= train["max_steps"]:
         return "max_steps"
@@ -382,12 +440,10 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
     val_set = load_split(data_cfg, "dev", train_cfg["segment_s"], model_rate)
 
     optimizer = torch.optim.Adam(param_groups(model, train_cfg), lr=train_cfg["lr"])
-    plateau = ReduceLROnPlateau(optimizer, mode="min", factor=train_cfg["lr_factor"],
-                                patience=train_cfg["lr_patience"])
     run_config = {"model": model_name, "model_overrides": model_overrides, "seed": seed,
                   "train": train_cfg, "data": data_cfg, "out_dir": str(out_dir)}
     system = SeparationSystem(model, optimizer, build_loss(train_cfg["loss"]), train_set,
-                              val_set, plateau, run_config)
+                              val_set, lr_schedule(optimizer, train_cfg), run_config)
 
     ckpt_dir = out_dir / CKPT_DIR
     last = ckpt_dir / LAST
@@ -397,8 +453,9 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
                                 auto_insert_metric_name=False, enable_version_counter=False)
     # checked after each validation only: a run that stops mid-epoch (max_steps) has no
     # val_loss at the end of that epoch
-    stopper = EarlyStopping(monitor="val_loss", mode="min", check_on_train_epoch_end=False,
-                            patience=train_cfg["early_stop_patience"])
+    patience = train_cfg["early_stop_patience"]
+    stopper = None if patience is None else EarlyStopping(
+        monitor="val_loss", mode="min", check_on_train_epoch_end=False, patience=patience)
     interval, steps = train_cfg["val_check_interval"], train_cfg["max_steps"]
     if interval and steps is not None and steps > 0:
         interval = min(interval, steps)  # a budget shorter than the interval still validates
@@ -413,7 +470,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         val_check_interval=interval, check_val_every_n_epoch=None if interval else 1,
         limit_val_batches=train_cfg["limit_val_batches"],
         gradient_clip_val=train_cfg["grad_clip"], gradient_clip_algorithm="norm",
-        callbacks=[best_ckpt, stopper], plugins=[AtomicCheckpointIO()],
+        callbacks=[best_ckpt] + ([stopper] if stopper else []), plugins=[AtomicCheckpointIO()],
         logger=steps_done_logger(out_dir / "dvclive", resume),
         log_every_n_steps=train_cfg["log_every_n_steps"],
         enable_progress_bar=train_cfg["progress_bar"], enable_model_summary=False,
@@ -426,6 +483,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         fit_started = time.monotonic()
         trainer.fit(system, ckpt_path=str(last) if resume else None, weights_only=True)
         fit_time = time.monotonic() - fit_started
+        train_wall = system.wall_s()
     if trainer.interrupted:
         raise KeyboardInterrupt(f"train: interrupted; run again to resume from {last}")
     trainer.save_checkpoint(last, weights_only=False)  # the final state: a rerun stops at once
@@ -441,6 +499,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         "steps": trainer.global_step, "epochs": trainer.current_epoch,
         "wall_time_s": round(time.monotonic() - started, 2),
         "fit_time_s": round(fit_time, 2),
+        "train_wall_s": round(train_wall, 2),  # fitting, summed over resumptions
         "best_val_loss": None if best_score is None else float(best_score),
         "loss": train_cfg["loss"], "stopped_by": _stopped_by(trainer, train_cfg, stopper),
         "resumed": resume, "exported": "best" if (ckpt_dir / BEST).is_file()

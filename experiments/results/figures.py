@@ -1,0 +1,96 @@
+"""Figures of the results profile: validation curves and the listening examples' spectrograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.atomic import atomic_path  # noqa: E402
+
+AXES = {"step": "optimizer steps", "train_tmacs": "training MACs (T)",
+        "wall_s": "training wall time (s, one thread per run, two runs at once)"}
+
+
+def save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_curves(curves: pd.DataFrame, axis: str, title: str, path: Path) -> None:
+    """Validation SI-SDRi against `axis` (a column of `curves`): each seed a thin line, the
+    seed mean (at the validation steps) a thick one, one colour per model; 5 and 10 dB marked."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (model, group) in enumerate(curves.groupby("model", sort=False)):
+        colour = f"C{i}"
+        for _, seed in group.groupby("seed"):
+            ax.plot(seed[axis], seed["val_sisdri"], color=colour, alpha=0.3, linewidth=0.8)
+        mean = group.groupby("step")[[axis, "val_sisdri"]].mean()
+        seeds = group["seed"].nunique()
+        ax.plot(mean[axis], mean["val_sisdri"], color=colour, linewidth=2,
+                label=f"{model} (mean of {seeds} seed{'s' if seeds > 1 else ''})")
+    for level in (5, 10):
+        ax.axhline(level, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel(AXES[axis])
+    ax.set_ylabel("validation SI-SDRi (dB)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def plot_spectrograms(examples: list[dict[str, torch.Tensor]], utt_ids: list[str],
+                      sample_rate: int, title: str, path: Path) -> None:
+    """One column per example, one row per signal (mixture, references, each model's
+    estimates), log-magnitude STFT (32 ms Hann window, 8 ms hop) on one colour scale per
+    column."""
+    labels = list(examples[0])
+    n_fft = int(0.032 * sample_rate)
+    window = torch.hann_window(n_fft)
+    fig, axes = plt.subplots(len(labels), len(examples), sharex="col", squeeze=False,
+                             figsize=(5.5 * len(examples), 1.15 * len(labels)))
+    for col, (signals, utt) in enumerate(zip(examples, utt_ids, strict=True)):
+        specs = {label: 20 * torch.log10(torch.stft(
+            wav.float(), n_fft, hop_length=n_fft // 4, window=window,
+            return_complex=True).abs() + 1e-8) for label, wav in signals.items()}
+        top = max(float(s.max()) for s in specs.values())
+        for row, label in enumerate(labels):
+            ax = axes[row, col]
+            wav = signals[label]
+            ax.imshow(specs[label].numpy(), origin="lower", aspect="auto", cmap="magma",
+                      extent=(0, wav.numel() / sample_rate, 0, sample_rate / 2000),
+                      vmin=top - 80, vmax=top)
+            ax.set_yticks([0, 2, 4])
+            if col == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+            if row == 0:
+                ax.set_title(utt, fontsize=8)
+        axes[-1, col].set_xlabel("time (s); frequency 0-4 kHz")
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)
+
+
+def plot_quality_vs_cost(models: pd.DataFrame, path: Path, title: str) -> None:
+    """Mean SI-SDRi (with its bootstrap interval) against MACs per second, one point a model."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, row in enumerate(models.itertuples()):
+        err = np.array([[row.si_sdri_db - row.si_sdri_ci95_low],
+                        [row.si_sdri_ci95_high - row.si_sdri_db]])
+        ax.errorbar(row.macs_g_per_s, row.si_sdri_db, yerr=err, fmt="o", color=f"C{i}",
+                    capsize=3)
+        ax.annotate(row.model, (row.macs_g_per_s, row.si_sdri_db), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("MACs per second of audio (G, fvcore)")
+    ax.set_ylabel("test SI-SDRi (dB)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)

@@ -1,0 +1,116 @@
+"""`make results`: the CPU results profile end to end (after `dvc repro prepare`).
+
+`python -m experiments.stages.results [--params params.yaml] [--report-only]`
+
+1. MACs of every results model (the complexity stage, written to `<out_dir>/complexity.csv`):
+   the equal-MAC training budget needs them;
+2. every (model, seed) of params.yaml `results`, `results.parallel_runs` at a time, each in its
+   own process on the profile's `threads`: training (the train stage, into
+   `<runs_dir>/<model>/seed<k>`), then evaluation on the whole test split (the evaluate stage,
+   into `<out_dir>/eval/<model>/seed<k>`); each process's output goes to its run folder's
+   `train.log` / `evaluate.log`;
+3. the report (experiments.results.report): tables, statistics, curves, listening examples.
+Run it again after an interruption: finished runs are skipped and an interrupted training
+resumes from its last checkpoint. Each invocation's wall time is appended to
+`<out_dir>/invocations.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.atomic import write_text
+from experiments.config import load_profile
+from experiments.results.plan import Run, plan_runs, settings
+
+
+def _stage(args: list[str], log: Path) -> None:
+    """`python -m experiments.stages.<args>`, output appended to `log`; raises on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args[:1])} failed (exit {done.returncode}); see {log}")
+
+
+def _one_run(run: Run, profile: str, params: str, complexity: Path) -> str:
+    started = time.monotonic()
+    if not run.trained():
+        print(f"[results] training {run.name} ...", flush=True)
+        _stage(["experiments.stages.train", "--model", run.model, "--out", str(run.run_dir),
+                "--override", f"seed={run.seed}", "--profile", profile, "--params", params,
+                "--complexity", str(complexity)], run.run_dir / "train.log")
+    if not run.evaluated():
+        print(f"[results] evaluating {run.name} ...", flush=True)
+        _stage(["experiments.stages.evaluate", "--model-path", str(run.run_dir / "model.pt"),
+                "--name", run.name, "--out", str(run.eval_dir), "--profile", profile,
+                "--params", params], run.run_dir / "evaluate.log")
+    return f"[results] {run.name} done ({time.monotonic() - started:.0f} s)"
+
+
+def _log_invocation(out_dir: Path, started: float, wall: float, what: str) -> None:
+    path = out_dir / "invocations.csv"
+    rows = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    row = pd.DataFrame([{"started_utc": pd.Timestamp(started, unit="s").isoformat(),
+                         "wall_s": round(wall, 1), "what": what}])
+    write_text(path, pd.concat([rows, row]).to_csv(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild the report from the runs done so far")
+    args = parser.parse_args(argv)
+    started_at, started = time.time(), time.monotonic()
+    base = load_profile(args.params)
+    results = settings(base)
+    profile = results["profile"]
+    cfg = load_profile(args.params, profile) | {"results": results}
+    out_dir = Path(results["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(cfg)
+    failures: list[str] = []
+    if not args.report_only:
+        complexity = out_dir / "complexity.csv"
+        counted = [*results["models"], *(results.get("left_out") or {})]
+        if not complexity.is_file() or set(pd.read_csv(complexity)["model"]) != set(counted):
+            print("[results] counting MACs of the results models ...", flush=True)
+            _stage(["experiments.stages.complexity", "--profile", profile, "--params",
+                    args.params, "--out-dir", str(out_dir), "--models", *counted],
+                   out_dir / "complexity.log")
+        todo = [run for run in runs if not run.evaluated()]
+        print(f"[results] {len(runs) - len(todo)} of {len(runs)} runs done; "
+              f"{len(todo)} to go, {results['parallel_runs']} at a time", flush=True)
+        with ThreadPoolExecutor(results["parallel_runs"]) as pool:
+            futures = {pool.submit(_one_run, run, profile, args.params, complexity): run
+                       for run in todo}
+            for future, run in futures.items():
+                try:
+                    print(future.result(), flush=True)
+                except RuntimeError as err:
+                    failures.append(f"{run.name}: {err}")
+                    print(f"[results] {run.name}: {err}", file=sys.stderr, flush=True)
+    from experiments.results.report import build_report
+
+    what = "report only" if args.report_only else f"{len(runs)} runs + report"
+    summary = build_report(cfg, runs, running_s=time.monotonic() - started)
+    _log_invocation(out_dir, started_at, time.monotonic() - started, what)
+    print(summary)
+    if failures:
+        print("[results] failed runs (rerun to retry):\n  " + "\n  ".join(failures),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
