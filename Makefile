@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 unexport PYTHONPATH PYTHONHOME
 
-.PHONY: setup repro results test lint bench gpu-check clean-venv
+.PHONY: setup repro results results-ablation test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -19,6 +19,11 @@ repro: setup
 results: setup
 	@dvc repro prepare
 	@python -m experiments.stages.results
+
+# The S4M ablation grid on the same recipe (about 90 minutes on 2 cores); reports/cpu/ablation.md
+results-ablation: setup
+	@dvc repro prepare
+	@python -m experiments.stages.results --ablation
 
 test: setup
 	@python -m pytest -q

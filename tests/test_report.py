@@ -53,7 +53,8 @@ def _stage_outputs(root: Path, si_sdri: float, steps: int, cells: list[tuple] | 
         _write(runs / model / "train_metrics.json",
                {"steps": steps, "wall_time_s": 12.5, "stopped_by": "max_steps",
                 "loss": "neg_sisdr", "threads": 2, "train_gmacs": steps * per_step,
-                "budget": {"mode": "macs", "max_steps": steps, "gmacs_per_step": per_step}})
+                "budget": {"mode": "macs", "max_steps": steps, "gmacs_per_step": per_step,
+                           "train_gmacs": steps * MACS[MODELS[0]] * 4 * 3}})
         _write(runs / model / "dvclive/plots/metrics/val/loss.tsv",
                "step\tloss\n" + "".join(f"{s}\t{-si_sdri + 10 / s}\n" for s in (1, 5, 10)))
     pd.DataFrame({"model": MODELS, "params_m": [1.83, 3.53, 5.05, 25.7],
@@ -137,6 +138,10 @@ def test_reports_label_a_training_check(check_side: tuple[Path, dict[str, Any]])
     assert f"SI-SDRi here, {NOT_A_RESULT}" in (reports / "paper_vs_here.md").read_text()
     # the budget and each model's steps are stated
     assert "Equal compute" in results_md and "s4m_tiny 20, s4m 20" in results_md
+    # each model's actual training MACs against the budget (the first model's), the rest flagged
+    assert f"Actual training MACs: {MODELS[0]} " in results_md and "(+0%)" in results_md
+    assert f"Off the budget by more than 5% (a step does not divide it finely enough): " \
+           f"{', '.join(MODELS[1:])}" in results_md
     for name in ("sisdri_vs_macs", "training_curves", "ablation_heatmap", "speed_vs_length"):
         assert (reports / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 

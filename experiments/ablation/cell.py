@@ -49,9 +49,14 @@ def measure_cost(model: torch.nn.Module, seconds: float, sample_rate: int,
 
 
 def cell_budget(cfg: dict[str, Any], macs_g_per_s: float) -> dict[str, Any]:
-    """`ablation.max_steps` steps when set; otherwise `train.budget` with the cell's MACs."""
+    """`ablation.max_steps` steps when set; otherwise `train.budget` with the cell's MACs (and
+    `ablation.train_gmacs` as its training MACs when that is set)."""
     steps = require(cfg, "ablation.max_steps")
     if steps is None:
+        gmacs = cfg["ablation"].get("train_gmacs")
+        if gmacs is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg["train"]["budget"] = {**cfg["train"]["budget"], "train_gmacs": gmacs}
         return resolve_budget(cfg, macs_g_per_s)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError("params.yaml: ablation.max_steps must be a positive integer or null")

@@ -39,6 +39,7 @@ from experiments.atomic import atomic_path, write_text  # noqa: E402
 from experiments.config import ConfigError, require  # noqa: E402
 from experiments.env import environment, environment_markdown  # noqa: E402
 from experiments.published import PUBLISHED, load_published  # noqa: E402
+from experiments.training.budget import BUDGET_TOLERANCE  # noqa: E402
 
 REPORTS = Path("reports")
 RUNS = Path("runs")
@@ -142,6 +143,7 @@ def training_record(runs: Path, model: str) -> dict[str, Any]:
     return {"steps": metrics.get("steps"), "train_gmacs": metrics.get("train_gmacs"),
             "wall_time_s": metrics.get("wall_time_s"), "stopped_by": metrics.get("stopped_by"),
             "budget_mode": budget.get("mode"), "gmacs_per_step": budget.get("gmacs_per_step"),
+            "budget_gmacs": budget.get("train_gmacs"),
             "loss": metrics.get("loss"), "train_threads": metrics.get("threads")}
 
 
@@ -281,12 +283,20 @@ def budget_text(results: pd.DataFrame) -> str:
     steps = ", ".join(f"{r.model} {'?' if pd.isna(r.steps) else int(r.steps)}"
                       for r in results.itertuples())
     modes = set(results["budget_mode"].dropna())
-    if modes == {"macs"}:
-        gmacs = results["train_gmacs"].dropna()
-        text = (f"Equal compute: every model gets the same training MACs "
-                f"(about {gmacs.max() / 1e3:.3g} T: steps x MACs per second of audio x audio per "
-                "step x the forward+backward factor, see params.yaml `train.budget`), which fixes "
-                "its step count")
+    if modes == {"macs"} and results["budget_gmacs"].notna().any():
+        budget = float(results["budget_gmacs"].dropna().max())
+        actual = ", ".join(
+            f"{r.model} {r.train_gmacs / 1e3:.3g} T ({100 * (r.train_gmacs / budget - 1):+.0f}%)"
+            for r in results.itertuples() if pd.notna(r.train_gmacs))
+        off = [r.model for r in results.itertuples() if pd.notna(r.train_gmacs)
+               and abs(r.train_gmacs / budget - 1) > BUDGET_TOLERANCE]
+        text = (f"Equal compute: a budget of {budget / 1e3:.3g} T training MACs per model "
+                "(steps x MACs per second of audio x audio per step x the forward+backward "
+                "factor, params.yaml `train.budget`), rounded to whole steps, at least one. "
+                f"Actual training MACs: {actual}")
+        if off:
+            text += (f". Off the budget by more than {100 * BUDGET_TOLERANCE:.0f}% (a step "
+                     f"does not divide it finely enough): {', '.join(off)}")
     elif modes == {"steps"}:
         text = "Equal steps: every model trains the same number of steps (`train.max_steps`)"
     else:

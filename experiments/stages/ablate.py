@@ -1,12 +1,14 @@
 """DVC stage `ablate@<cell>`: one S4M ablation grid cell, measured, trained and evaluated in one
 process.
 
-`python -m experiments.stages.ablate --num-scales N --d-state D --ssm {s4,s4d}`
+`python -m experiments.stages.ablate --num-scales N --d-state D --ssm {s4,s4d}
+[--profile P] [--runs-root DIR] [--reports-root DIR]`
 
 The base model is `ablation.base_model` with the cell's constructor overrides; training and
 evaluation settings are the profile's, as for the main models, except the budget:
 `ablation.max_steps` steps when set (see `experiments.ablation.cell`). Outputs go to
-`runs/ablation/<tag>` and `reports/ablation/<tag>`; the evaluation summary records the cell's
+`<runs-root>/<tag>` and `<reports-root>/<tag>` (default `runs/ablation`, `reports/ablation`);
+the evaluation summary records the cell's
 settings under `cell`, its cost, budget and training, which is what the report reads.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from experiments.ablation.cell import cell_tag, run_cell
 from experiments.config import load_profile
@@ -27,10 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-state", type=int, required=True)
     parser.add_argument("--ssm", choices=("s4", "s4d"), required=True)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None,
+                        help="settings profile (default: params.yaml's `profile`)")
+    parser.add_argument("--runs-root", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--reports-root", type=Path, default=Path("reports/ablation"))
     args = parser.parse_args(argv)
     cell = {"num_scales": args.num_scales, "d_state": args.d_state, "ssm": args.ssm}
     try:
-        summary = run_cell(load_profile(args.params), cell)
+        summary = run_cell(load_profile(args.params, args.profile), cell, args.runs_root,
+                           args.reports_root)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

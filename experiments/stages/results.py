@@ -1,6 +1,6 @@
 """`make results`: the CPU results profile end to end (after `dvc repro prepare`).
 
-`python -m experiments.stages.results [--params params.yaml] [--report-only]`
+`python -m experiments.stages.results [--params params.yaml] [--report-only] [--ablation]`
 
 1. MACs of every results model (the complexity stage, written to `<out_dir>/complexity.csv`):
    the equal-MAC training budget needs them;
@@ -10,9 +10,12 @@
    into `<out_dir>/eval/<model>/seed<k>`); each process's output goes to its run folder's
    `train.log` / `evaluate.log`;
 3. the report (experiments.results.report): tables, statistics, curves, listening examples.
+With `--ablation` (`make results-ablation`) it runs the S4M ablation grid instead, on the same
+recipe: every cell of params.yaml `ablation` by the ablate stage, `results.parallel_runs` at a
+time, then `<out_dir>/ablation.md`, `ablation.csv` and `figures/ablation_heatmap.png`.
 Run it again after an interruption: finished runs are skipped and an interrupted training
 resumes from its last checkpoint. Each invocation's wall time is appended to
-`<out_dir>/invocations.csv`.
+`<out_dir>/invocations.csv` (`ablation_invocations.csv` for the grid).
 """
 
 from __future__ import annotations
@@ -56,8 +59,35 @@ def _one_run(run: Run, profile: str, params: str, complexity: Path) -> str:
     return f"[results] {run.name} done ({time.monotonic() - started:.0f} s)"
 
 
-def _log_invocation(out_dir: Path, started: float, wall: float, what: str) -> None:
-    path = out_dir / "invocations.csv"
+def _ablation(cfg: dict, profile: str, params: str, out_dir: Path, runs_dir: Path,
+              parallel: int) -> list[str]:
+    """Every grid cell not evaluated yet, `parallel` at a time; returns the failures."""
+    from experiments.ablation.cell import cell_tag
+    from experiments.results.ablation import grid
+
+    def one(cell: dict) -> str:
+        tag = cell_tag(cell)
+        if (out_dir / "ablation" / tag / "summary.json").is_file():
+            return f"[results] ablation {tag}: done before"
+        print(f"[results] ablation {tag} ...", flush=True)
+        _stage(["experiments.stages.ablate", "--num-scales", str(cell["num_scales"]),
+                "--d-state", str(cell["d_state"]), "--ssm", cell["ssm"], "--profile", profile,
+                "--params", params, "--runs-root", str(runs_dir / "ablation"),
+                "--reports-root", str(out_dir / "ablation")],
+               runs_dir / "ablation" / tag / "ablate.log")
+        return f"[results] ablation {tag} done"
+
+    failures = []
+    with ThreadPoolExecutor(parallel) as pool:
+        for cell, future in [(c, pool.submit(one, c)) for c in grid(cfg)]:
+            try:
+                print(future.result(), flush=True)
+            except RuntimeError as err:
+                failures.append(f"{cell_tag(cell)}: {err}")
+    return failures
+
+
+def _log_invocation(path: Path, started: float, wall: float, what: str) -> None:
     rows = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     row = pd.DataFrame([{"started_utc": pd.Timestamp(started, unit="s").isoformat(),
                          "wall_s": round(wall, 1), "what": what}])
@@ -69,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild the report from the runs done so far")
+    parser.add_argument("--ablation", action="store_true",
+                        help="run the S4M ablation grid on the results recipe instead")
     args = parser.parse_args(argv)
     started_at, started = time.time(), time.monotonic()
     base = load_profile(args.params)
@@ -79,7 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(cfg)
     failures: list[str] = []
-    if not args.report_only:
+    if args.ablation:
+        from experiments.results.ablation import build_ablation_report
+
+        if not args.report_only:
+            failures = _ablation(cfg, profile, args.params, out_dir,
+                                 Path(results["runs_dir"]), results["parallel_runs"])
+        log = out_dir / "ablation_invocations.csv"
+        print(build_ablation_report(cfg, out_dir, log, time.monotonic() - started))
+        _log_invocation(log, started_at, time.monotonic() - started, "ablation grid")
+    elif not args.report_only:
         complexity = out_dir / "complexity.csv"
         counted = [*results["models"], *(results.get("left_out") or {})]
         if not complexity.is_file() or set(pd.read_csv(complexity)["model"]) != set(counted):
@@ -99,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as err:
                     failures.append(f"{run.name}: {err}")
                     print(f"[results] {run.name}: {err}", file=sys.stderr, flush=True)
-    from experiments.results.report import build_report
+    if not args.ablation:
+        from experiments.results.report import build_report
 
-    what = "report only" if args.report_only else f"{len(runs)} runs + report"
-    summary = build_report(cfg, runs, running_s=time.monotonic() - started)
-    _log_invocation(out_dir, started_at, time.monotonic() - started, what)
-    print(summary)
+        what = "report only" if args.report_only else f"{len(runs)} runs + report"
+        summary = build_report(cfg, runs, running_s=time.monotonic() - started)
+        _log_invocation(out_dir / "invocations.csv", started_at, time.monotonic() - started,
+                        what)
+        print(summary)
     if failures:
         print("[results] failed runs (rerun to retry):\n  " + "\n  ".join(failures),
               file=sys.stderr)

@@ -1,0 +1,203 @@
+"""The CPU results profile: scaled registry variants, the cosine schedule, the statistics, and
+`experiments.stages.results` end to end on a tiny corpus (resuming where it stopped)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import baselines
+from experiments.config import ConfigError, load_profile
+from experiments.data.synthetic import build_synthetic_dataset
+from experiments.registry import REGISTRY, SCALES, build_model, load_model, save_model
+from experiments.results.stats import finding, model_table, paired_comparisons, time_to
+from experiments.training.trainer import lr_schedule
+from s4m import CONFIGS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _published_config(name: str) -> dict:
+    entry = REGISTRY[name]
+    if entry.cls == "S4M":
+        return CONFIGS[name]
+    if entry.baseline_config:
+        return getattr(baselines, entry.baseline_config)
+    params = inspect.signature(getattr(baselines, entry.cls).__init__).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_cpu_variants_halve_every_width_and_depth_they_set(name: str) -> None:
+    """The one rule of SCALES["cpu"]: each override is half the published value."""
+    scaled = REGISTRY[name].scaled["cpu"]
+    published = _published_config(name)
+    assert scaled, name
+    for key, value in scaled.items():
+        assert value * 2 == published[key], (name, key, value, published[key])
+
+
+def test_scaled_variant_builds_saves_and_loads(tmp_path: Path) -> None:
+    assert "cpu" in SCALES
+    model = build_model("convtasnet@cpu")
+    assert model.masker.bn_chan == 64 and model.registry_spec["name"] == "convtasnet@cpu"
+    save_model(model, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt").eval()
+    wav = torch.randn(1, 800)
+    torch.testing.assert_close(loaded(wav), model.eval()(wav))
+    with pytest.raises(ValueError, match="scaled variants"):
+        build_model("convtasnet@gpu")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1.0)
+    train = {"schedule": "cosine", "max_steps": 110, "warmup_steps": 10}
+    schedule = lr_schedule(optimizer, train)
+    seen = []
+    for _ in range(110):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen[0] == pytest.approx(0.1) and seen[9] == pytest.approx(1.0)
+    assert seen[60] == pytest.approx(0.5) and optimizer.param_groups[0]["lr"] == pytest.approx(0)
+    assert all(a >= b for a, b in zip(seen[10:], seen[11:], strict=False))
+    with pytest.raises(ConfigError, match="step budget"):
+        lr_schedule(optimizer, {**train, "max_steps": -1})
+
+
+def _per_utterance(shift: float, noise: float = 0.5, n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    base = rng.normal(8, 2, n)
+    rows = []
+    for model, offset in (("ref", shift), ("other", 0.0)):
+        for seed in (0, 1):
+            values = base + offset + rng.normal(0, noise, n)
+            rows.append(pd.DataFrame({"model": model, "seed": seed, "utt_id": range(n),
+                                      "si_sdr_i": values, "sdr_i": values + 0.5}))
+    return pd.concat(rows)
+
+
+def _runs(per_utt: pd.DataFrame) -> pd.DataFrame:
+    means = per_utt.groupby(["model", "seed"], sort=False)[["si_sdr_i", "sdr_i"]].mean()
+    return means.rename(columns={"si_sdr_i": "si_sdri_db", "sdr_i": "sdri_db"}).reset_index()
+
+
+def test_paired_comparison_finds_a_real_difference_and_none_where_there_is_none() -> None:
+    better = _per_utterance(shift=1.0)
+    models = model_table(_runs(better), better, resamples=500)
+    ref = models.set_index("model").loc["ref"]
+    assert ref["seeds"] == 2 and ref["si_sdri_ci95_low"] < ref["si_sdri_db"] < ref[
+        "si_sdri_ci95_high"]
+    paired = paired_comparisons(better, "ref", resamples=500).iloc[0]
+    assert paired["p_value"] < 1e-6 and paired["rank_biserial"] > 0.9
+    assert 0.5 < paired["median_diff_db"] < 1.5  # the true shift is 1 dB
+    assert paired["median_diff_ci95_low"] < paired["median_diff_db"] < paired[
+        "median_diff_ci95_high"]
+    assert "ref" in finding(paired_comparisons(better, "ref", 500), models)
+    assert "better than other" in finding(paired_comparisons(better, "ref", 500), models)
+
+    same = _per_utterance(shift=0.0)
+    paired_same = paired_comparisons(same, "ref", resamples=500)
+    assert paired_same.iloc[0]["p_value"] > 0.05
+    assert "no significant difference from other" in finding(
+        paired_same, model_table(_runs(same), same, 500))
+
+
+def test_time_to_threshold_is_the_first_validation_of_the_seed_mean() -> None:
+    curves = pd.DataFrame({"model": "m", "seed": [0, 0, 0, 1, 1, 1], "step": [1, 2, 3] * 2,
+                           "val_sisdri": [2, 6, 9, 4, 4, 12], "train_tmacs": [1, 2, 3] * 2,
+                           "wall_s": [10, 20, 30, 12, 22, 32]})
+    table = time_to(curves, [5.0, 10.0, 20.0]).set_index("threshold_db")
+    assert table.loc[5.0, "steps"] == 2 and table.loc[5.0, "wall_s"] == 21  # mean 5.0 at step 2
+    assert table.loc[10.0, "steps"] == 3 and math.isnan(table.loc[20.0, "steps"])
+
+
+@pytest.mark.slow
+def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared"
+    build_synthetic_dataset(prepared, n_train=6, n_dev=2, n_test=3, n_speakers=6, seed=0,
+                            types=("mix_clean",), workers=1, progress=False)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(out_dir=str(prepared))
+    params["results"].update(
+        models=["convtasnet@cpu", "s4m_tiny@cpu"],
+        seeds={"convtasnet@cpu": [0], "s4m_tiny@cpu": [0, 1]}, left_out={},
+        runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), bootstrap_resamples=200,
+        example_seconds=0.5)
+    params["profiles"]["cpu"]["train"].update(
+        budget={"mode": "macs", "train_gmacs": 12, "fwd_bwd_factor": 3}, segment_s=0.25,
+        batch_size=2, warmup_steps=1, val_check_interval=2, limit_val_batches=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    command = [sys.executable, "-m", "experiments.stages.results", "--params",
+               str(tmp_path / "params.yaml")]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                           stdin=subprocess.DEVNULL)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "0 of 3 runs done" in first.stdout
+
+    out = tmp_path / "out"
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns[:7]) == ["model", "seed", "steps", "train_gmacs", "wall_s",
+                                         "si_sdri_db", "sdri_db"]
+    assert sorted(zip(summary["model"], summary["seed"], strict=True)) == [
+        ("convtasnet@cpu", 0), ("s4m_tiny@cpu", 0), ("s4m_tiny@cpu", 1)]
+    # equal training MACs, rounded to whole steps: 12 G / (MACs/s x 0.5 s x 3)
+    assert (summary["train_gmacs"].sub(12).abs() / 12 <= 0.5).all()
+    assert len(pd.read_csv(out / "per_utterance.csv")) == 3 * 3
+    paired = pd.read_csv(out / "paired.csv")
+    assert list(paired["other"]) == ["convtasnet@cpu"] and paired["p_value"].between(0, 1).all()
+    curves = pd.read_csv(out / "curves.csv")
+    assert curves["wall_s"].gt(0).all() and curves["val_sisdri"].map(math.isfinite).all()
+    wavs = sorted(p.name for p in (out / "examples").glob("*.wav"))
+    assert len(wavs) == 2 * (3 + 2 * 2)
+    for png in ("figures/curves_steps.png", "figures/curves_macs.png", "figures/curves_wall.png",
+                "figures/sisdri_vs_macs.png", "examples/spectrograms.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+    report = json.loads((out / "summary.json").read_text())
+    assert report["is_result"] is False and report["runs_missing"] == []
+    markdown = (out / "results.md").read_text()
+    assert "training check, not a result" in markdown and report["finding"] in markdown
+
+    # Interrupted: one run's evaluation lost; another killed after its last checkpoint, before
+    # its export. The second invocation continues both and retrains nothing.
+    (out / "eval/s4m_tiny@cpu/seed1/summary.json").unlink()
+    steps = summary.set_index("model").loc["convtasnet@cpu", "steps"]
+    for name in ("train_metrics.json", "model.pt"):
+        (tmp_path / "runs/convtasnet@cpu/seed0" / name).unlink()
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 of 3 runs done; 2 to go" in second.stdout
+    assert "training s4m_tiny@cpu/seed1" not in second.stdout
+    assert "evaluating s4m_tiny@cpu/seed1" in second.stdout
+    resumed = json.loads((tmp_path / "runs/convtasnet@cpu/seed0/train_metrics.json").read_text())
+    assert resumed["resumed"] is True and resumed["steps"] == steps
+    assert len(pd.read_csv(out / "invocations.csv")) == 2
+    cfg = load_profile(tmp_path / "params.yaml", "cpu")
+    assert cfg["threads"] == 1 and cfg["train"]["schedule"] == "cosine"
+
+    # The ablation grid on the same recipe: one cell, its cost and quality columns.
+    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"], cost_seconds=0.1)
+    params["profiles"]["cpu"]["ablation"]["train_gmacs"] = 6
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    grid = subprocess.run([*command, "--ablation"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    ablation = pd.read_csv(out / "ablation.csv")
+    assert list(zip(ablation["num_scales"], ablation["d_state"], ablation["ssm"],
+                    strict=True)) == [(3, 8, "s4d")]
+    assert ablation[["si_sdri_db", "params_m", "macs_g_per_s_fvcore", "infer_s_median"]].map(
+        math.isfinite).all(axis=None)
+    assert "training check, not a result" in (out / "ablation.md").read_text()
+    assert (out / "figures/ablation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
