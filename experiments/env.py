@@ -36,6 +36,23 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def resolve_device(name: str, setting: str = "device") -> Any:
+    """The torch device `name` names: "auto" is CUDA when available, else the CPU; a named
+    device must exist. A clear ConfigError names `setting` (e.g. "params.yaml: `speed.device`"
+    or "--device") otherwise. The one device resolver of the project."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"{setting}={name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{setting}={name!r}: no CUDA device is available to this torch")
+    return device
+
+
 def device_name(device: Any = "cpu") -> str:
     """A CUDA device's name (torch is imported only then) or the CPU model and core count."""
     if str(device).startswith("cuda"):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from asteroid.models import ConvTasNet, DPRNNTasNet, SuDORMRFNet
 from asteroid.models.base_models import BaseModel
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import torch_save
 
 from baselines import load_asteroid_model, load_speechbrain_sepformer
@@ -20,83 +19,6 @@ LIBRARY_MODELS = {
     "dprnn": lambda: DPRNNTasNet(2, n_repeats=1, chunk_size=50, hop_size=25),
     "sudormrf": lambda: SuDORMRFNet(2, num_blocks=2),
 }
-
-# A SpeechBrain-style hyperparams.yaml (the layout of the published sepformer-wsj02mix one),
-# tiny sizes; HyperPyYAML builds SpeechBrain's own modules from it.
-SB_HPARAMS = """\
-sample_rate: 16000
-num_spks: 2
-N_encoder_out: 32
-out_channels: 16
-kernel_size: 8
-kernel_stride: 4
-
-Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
-    kernel_size: !ref <kernel_size>
-    out_channels: !ref <N_encoder_out>
-
-SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 2
-    d_model: !ref <out_channels>
-    nhead: 4
-    d_ffn: 24
-    dropout: 0
-    use_positional_encoding: True
-    norm_before: True
-
-SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 1
-    d_model: !ref <out_channels>
-    nhead: 4
-    d_ffn: 24
-    dropout: 0
-    use_positional_encoding: True
-    norm_before: True
-
-MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
-    num_spks: !ref <num_spks>
-    in_channels: !ref <N_encoder_out>
-    out_channels: !ref <out_channels>
-    num_layers: 2
-    K: 30
-    intra_model: !ref <SBtfintra>
-    inter_model: !ref <SBtfinter>
-    norm: ln
-    linear_layer_after_inter_intra: False
-    skip_around_intra: True
-
-Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
-    in_channels: !ref <N_encoder_out>
-    out_channels: 1
-    kernel_size: !ref <kernel_size>
-    stride: !ref <kernel_stride>
-    bias: False
-
-modules:
-    encoder: !ref <Encoder>
-    masknet: !ref <MaskNet>
-    decoder: !ref <Decoder>
-"""
-
-
-def speechbrain_folder(folder: Path, hparams_text: str = SB_HPARAMS) -> dict:
-    """Build SpeechBrain's modules from YAML and checkpoint them as SpeechBrain does."""
-    folder.mkdir(parents=True, exist_ok=True)
-    hparams = load_hyperpyyaml(hparams_text)
-    for part in ("encoder", "masknet", "decoder"):
-        torch_save(hparams["modules"][part], folder / f"{part}.ckpt")
-    (folder / "hyperparams.yaml").write_text(hparams_text)
-    return hparams
-
-
-def recipe_separation(hparams: dict, mix: torch.Tensor) -> torch.Tensor:
-    """The SpeechBrain recipe's compute_forward: (B, T) -> (B, n_src, T)."""
-    mods = {k: m.eval() for k, m in hparams["modules"].items()}
-    feats = mods["encoder"](mix)
-    masks = mods["masknet"](feats)
-    est = torch.stack([mods["decoder"](feats * mask) for mask in masks], dim=1)
-    return est[..., : mix.shape[-1]]
-
 
 @pytest.mark.parametrize("name", LIBRARY_MODELS)
 def test_asteroid_file_loads_into_registry_model(name: str, tmp_path: Path) -> None:
@@ -135,7 +57,8 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         load_model(tmp_path / "evil.bin")
 
 
-def test_speechbrain_folder_matches_the_recipe(tmp_path: Path) -> None:
+def test_speechbrain_folder_matches_the_recipe(tmp_path: Path, speechbrain_folder,
+                                              recipe_separation) -> None:
     hparams = speechbrain_folder(tmp_path / "sepformer")
     model = load_model(tmp_path / "sepformer").eval()
     assert isinstance(model, SepformerNet)
@@ -166,7 +89,8 @@ def test_speechbrain_folder_without_yaml_uses_recipe_defaults(tmp_path: Path) ->
         assert torch.equal(loaded(mix), source(mix))
 
 
-def test_speechbrain_folder_errors_name_the_file(tmp_path: Path) -> None:
+def test_speechbrain_folder_errors_name_the_file(tmp_path: Path, speechbrain_folder,
+                                                 speechbrain_hparams: str) -> None:
     folder = tmp_path / "sb"
     speechbrain_folder(folder)
     (folder / "decoder.ckpt").unlink()
@@ -182,18 +106,19 @@ def test_speechbrain_folder_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="masknet.ckpt.*not a SpeechBrain Sepformer"):
         load_model(folder)
     speechbrain_folder(folder)
-    (folder / "hyperparams.yaml").write_text(SB_HPARAMS.replace("nhead: 4", "nhead: 2", 1))
+    (folder / "hyperparams.yaml").write_text(speechbrain_hparams.replace("nhead: 4", "nhead: 2", 1))
     with pytest.raises(ValueError, match="hyperparams.yaml.*conflicting values for nhead"):
         load_model(folder)
 
 
-def test_speechbrain_yaml_expressions(tmp_path: Path) -> None:
+def test_speechbrain_yaml_expressions(tmp_path: Path, speechbrain_folder,
+                                     speechbrain_hparams: str) -> None:
     folder = tmp_path / "sb"
     speechbrain_folder(folder)
     extra = "\nunused_expression: !ref <kernel_size> * 2\n"
-    (folder / "hyperparams.yaml").write_text(SB_HPARAMS + extra)
+    (folder / "hyperparams.yaml").write_text(speechbrain_hparams + extra)
     assert load_model(folder).get_model_args()["chunk_size"] == 30
-    expression = SB_HPARAMS.replace("K: 30", "K: !ref <kernel_size> * 4")
+    expression = speechbrain_hparams.replace("K: 30", "K: !ref <kernel_size> * 4")
     (folder / "hyperparams.yaml").write_text(expression)
     with pytest.raises(ValueError, match="hyperparams.yaml: cannot read chunk_size"):
         load_model(folder)

@@ -201,3 +201,13 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
         math.isfinite).all(axis=None)
     assert "training check, not a result" in (out / "ablation.md").read_text()
     assert (out / "figures/ablation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_states_the_committed_finding() -> None:
+    """The README's sentence on S4M-tiny against the baselines is the committed report's."""
+    summary = REPO / "reports" / "cpu" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no committed CPU results yet (make results writes reports/cpu/)")
+    finding = json.loads(summary.read_text())["finding"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert " ".join(finding.split()) in readme

@@ -15,7 +15,6 @@ from asteroid.dsp.overlap_add import LambdaOverlapAdd
 from asteroid.models import ConvTasNet
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import firwin, resample_poly
-from test_pretrained import recipe_separation, speechbrain_folder
 
 from experiments.registry import build_model, load_model, save_model
 from experiments.separation import find_inputs, separate_file, separate_files
@@ -277,7 +276,7 @@ def test_published_asteroid_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(sep.sources, expected[:, : mix.size], atol=1e-5)
 
 
-def test_speechbrain_folder(tmp_path: Path) -> None:
+def test_speechbrain_folder(tmp_path: Path, speechbrain_folder, recipe_separation) -> None:
     hparams = speechbrain_folder(tmp_path / "sepformer")  # a 16 kHz model
     model = load_model(tmp_path / "sepformer").eval()
     mix = np.random.default_rng(2).uniform(-0.5, 0.5, 8 + 4 * 150).astype(np.float32)

@@ -7,6 +7,8 @@
 # Env: SLURM_SETUP_TIMEOUT (s, default 60); SLURM_SETUP_FORCE=1 overwrites a slurm.conf that
 # this script did not write.
 set -euo pipefail
+# The daemons and runuser live in /usr/sbin, which a plain user shell's PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 CONF=/etc/slurm/slurm.conf
 MARK="# written by s4m tools/slurm_setup.sh"

@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from experiments.config import ConfigError, require
-from experiments.env import cpu_has_bf16, runs_bf16
+from experiments.env import cpu_has_bf16, resolve_device, runs_bf16
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
+DEVICE_SETTING = "params.yaml: `speed.device`"
 MIB = 2**20
 # speed_vs_length.csv; status: ok | too_slow (past speed.length_timeout_s, or slower than that
 # at a shorter length) | died (the process was killed: out of memory, a signal)
@@ -127,14 +128,6 @@ class SpeedSettings:
     def runs_bf16(self, device: torch.device) -> bool:
         """Whether bf16 inference is timed (`bf16: auto`: where bf16 is native)."""
         return runs_bf16(self.bf16, "speed.bf16", device.type)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("params.yaml: `speed.device` is cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 # ---- measuring, inside the worker --------------------------------------------------------------
@@ -295,7 +288,7 @@ def compiled_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSetti
 def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int, seed: int = 0,
                     ) -> dict[str, Any]:
     """Inference and training-step timings and peak memory of one model, in this process."""
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, DEVICE_SETTING)
     torch.manual_seed(seed)
     model = model.to(device).eval()
     wav = torch.randn(1, round(settings.infer_seconds * sample_rate), device=device)
@@ -349,7 +342,7 @@ def run_pair_worker(spec: dict[str, Any]) -> dict[str, Any]:
     spec["pair"] the two models' specs. Returns {"kind", "times": {model: [s, ...]}}."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, DEVICE_SETTING)
     torch.manual_seed(spec.get("seed", 0))
     calls = {}
     with empty_compiler_cache():
@@ -381,7 +374,7 @@ def run_length_worker(spec: dict[str, Any]) -> dict[str, Any]:
     peak memory of one model on one input length, batch 1 (the body of a worker process)."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, DEVICE_SETTING)
     torch.manual_seed(spec.get("seed", 0))
     model = _load_factory(spec["factory"])(**spec["kwargs"]).to(device).eval()
     rate, length = spec["sample_rate"], spec["length_s"]

@@ -108,10 +108,13 @@ def _lowpass(up: int, down: int) -> np.ndarray:
     return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
 
 
-def resample(x: np.ndarray, new_rate: int, old_rate: int) -> np.ndarray:
-    """`scipy.signal.resample_poly(x, new_rate, old_rate)` (same output) with a cached filter."""
-    g = math.gcd(new_rate, old_rate)
-    up, down = new_rate // g, old_rate // g
+def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """`x` from `from_rate` to `to_rate` along its last axis: `scipy.signal.resample_poly` with
+    scipy's default filter (Kaiser-windowed FIR), built once per ratio and in x's precision;
+    ceil(T * to_rate / from_rate) samples. The same rate gives a copy of `x`. The one resampler
+    of the project: data preparation and the separation of users' files both use it."""
+    g = math.gcd(int(from_rate), int(to_rate))
+    up, down = int(to_rate) // g, int(from_rate) // g
     if up == down == 1:
         return np.array(x, copy=True)
-    return resample_poly(x, up, down, window=_lowpass(up, down).astype(x.dtype))
+    return resample_poly(x, up, down, axis=-1, window=_lowpass(up, down).astype(x.dtype))

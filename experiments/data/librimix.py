@@ -313,7 +313,7 @@ def mix_sources(
     `noise` must already be at least as long as the longest utterance (see `extend_noise`).
     """
     scaled = [s * g for s, g in zip(speech, speech_gains, strict=True)] + [noise * noise_gain]
-    resampled = [resample(x, sample_rate, RATE) for x in scaled]
+    resampled = [resample(x, RATE, sample_rate) for x in scaled]
     if mode == "min":
         n = min(len(x) for x in resampled)
         fitted = [x[:n] for x in resampled]

@@ -141,7 +141,7 @@ class _Espeak:
 
 
 def _to_16k(wav: np.ndarray) -> np.ndarray:
-    x = resample(wav.astype(np.float64) / 32768.0, RATE, ESPEAK_RATE)
+    x = resample(wav.astype(np.float64) / 32768.0, ESPEAK_RATE, RATE)
     peak = np.max(np.abs(x))
     return x * (0.95 / peak) if peak > 0.95 else x
 

@@ -100,7 +100,7 @@ def _make_one(job: _Job) -> int:
     if len(s1) != len(s2):
         raise ValueError(f"{job.s1}, {job.s2}: wsj0-2mix sources differ in length")
     noise = _read(Path(job.noise), NOISE_RATE, (1, 2))
-    noise = resample(noise, job.sample_rate, NOISE_RATE)
+    noise = resample(noise, NOISE_RATE, job.sample_rate)
     if job.speech_gain is None:
         a1, a2, an = align(s1, s2, noise, job.mode, job.start_16k, job.sample_rate)
         speech_gain, noise_gain = scaling_from_snr(a1, a2, an, job.snr_db, job.sample_rate)

@@ -6,7 +6,8 @@ windows whose speaker order is kept); `separate_files` runs it over files and fo
 `<out>/<name>/s1.wav ...`. The CLI is `python -m experiments.stages.separate` (`s4m-separate`).
 """
 
-from experiments.separation.audio import AUDIO_SUFFIXES, read_mono, resample
+from experiments.data.audio import resample
+from experiments.separation.audio import AUDIO_SUFFIXES, read_mono
 from experiments.separation.batch import (
     FileResult,
     RunSummary,
@@ -20,7 +21,6 @@ from experiments.separation.core import (
     Separation,
     model_n_src,
     model_rate,
-    resolve_device,
     separate_file,
     separate_waveform,
     window_samples,
@@ -29,6 +29,6 @@ from experiments.separation.core import (
 __all__ = [
     "AUDIO_SUFFIXES", "DEFAULT_WINDOW_S", "FileResult", "RunSummary", "Separation",
     "find_inputs", "model_n_src", "model_rate", "output_subtype", "read_mono", "resample",
-    "resolve_device", "separate_file", "separate_files", "separate_waveform", "window_samples",
+    "separate_file", "separate_files", "separate_waveform", "window_samples",
     "write_sources",
 ]

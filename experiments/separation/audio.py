@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 # What a folder search picks up unless a glob is given: containers libsndfile reads.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
@@ -54,12 +52,3 @@ def read_mono(path: str | Path, channel: int | None = None) -> MonoAudio:
         raise ValueError(f"{path}: contains NaN or infinite samples")
     return MonoAudio(np.ascontiguousarray(mono), int(rate), info.subtype, data.shape[1],
                      tuple(notes))
-
-
-def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (scipy's Kaiser-windowed FIR); the output has
-    ceil(T * to_rate / from_rate) samples. Same rate: `x` itself."""
-    if from_rate == to_rate:
-        return x
-    g = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(x, to_rate // g, from_rate // g, axis=-1).astype(np.float32)

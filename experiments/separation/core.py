@@ -20,7 +20,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from experiments.separation.audio import read_mono, resample
+from experiments.data.audio import resample
+from experiments.separation.audio import read_mono
 
 # 8 s windows: several times the 1-4 s segments models are trained on, so each window holds
 # whole utterances and global layers (S4, gLN) see enough context, while the model's memory
@@ -134,19 +135,6 @@ def separate_waveform(model: Callable[[torch.Tensor], torch.Tensor], wav: torch.
         previous = est
     # With hop = window / 2 the weights already sum to 1; other hops leave a ripple.
     return out / weight
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto": CUDA when available, else CPU; a named device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device {name!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this torch has no usable CUDA")
-    return device
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

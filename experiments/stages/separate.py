@@ -13,12 +13,12 @@ import sys
 
 import torch
 
+from experiments.env import resolve_device
 from experiments.registry import load_model
 from experiments.separation import (
     DEFAULT_WINDOW_S,
     model_n_src,
     model_rate,
-    resolve_device,
     separate_files,
     window_samples,
 )
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = load_model(args.model).eval().to(resolve_device(args.device))
+        model = load_model(args.model).eval().to(resolve_device(args.device, "--device"))
         declared = model_n_src(model)
         if args.n_src is not None and declared not in (None, args.n_src):
             raise ValueError(f"{args.model}: the model separates {declared} sources, "

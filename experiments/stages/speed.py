@@ -22,16 +22,16 @@ from experiments.benchmark.speed import (
     BF16_COLUMNS,
     COLUMNS,
     COMPILED_COLUMNS,
+    DEVICE_SETTING,
     LENGTH_COLUMNS,
     REGISTRY_FACTORY,
     SpeedSettings,
     format_goals,
     length_table,
-    resolve_device,
     speed_table,
 )
 from experiments.config import load_profile, require
-from experiments.env import environment
+from experiments.env import environment, resolve_device
 from experiments.published import load_published
 from experiments.registry import check_model_names
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
     names = args.models or list(require(cfg, "models"))
     check_model_names(names, f"{args.params}: `models`")
-    device = resolve_device(settings.device)  # fail before starting any worker
+    device = resolve_device(settings.device, DEVICE_SETTING)  # fail before starting any worker
     specs = [{"model": name, "factory": REGISTRY_FACTORY,
               "kwargs": {"name": name, "sample_rate": sample_rate},
               "sample_rate": sample_rate, "seed": seed, "settings": asdict(settings)}

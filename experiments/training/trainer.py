@@ -38,7 +38,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from experiments.atomic import atomic_path, write_text
+from experiments.atomic import atomic_path, write_json
 from experiments.config import ConfigError, require
 
 LOSSES = {"neg_sisdr": pairwise_neg_sisdr, "neg_snr": pairwise_neg_snr}
@@ -412,10 +412,6 @@ def _stopped_by(trainer: pl.Trainer, train: dict[str, Any],
     return "max_time" if train["max_time_s"] else "unknown"
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
 def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
           model_overrides: dict[str, Any] | None = None,
           budget: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -512,7 +508,7 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         metrics["budget"] = budget
         if "gmacs_per_step" in budget:
             metrics["train_gmacs"] = trainer.global_step * budget["gmacs_per_step"]
-    _write_json(out_dir / "train_metrics.json", metrics)
+    write_json(out_dir / "train_metrics.json", metrics)
     return metrics
 
 
