@@ -128,9 +128,12 @@ def _fmt_ci(mean: float, low: float, high: float) -> str:
 def _recipe(cfg: dict[str, Any]) -> str:
     train, results = require(cfg, "train"), cfg["results"]
     budget = train["budget"]
+    synthetic = cfg["data"]["synthetic"]
     return "\n".join([
-        f"- data: the embedded synthetic Libri2Mix-format corpus ({cfg['data']['synthetic']}), "
-        f"{cfg['data']['sample_rate']} Hz, task {cfg['data']['task']}",
+        f"- data: the embedded synthetic Libri2Mix-format corpus ({synthetic['n_train']} / "
+        f"{synthetic['n_dev']} / {synthetic['n_test']} train / dev / test mixtures of "
+        f"{synthetic['n_speakers']} eSpeak NG voices), {cfg['data']['sample_rate']} Hz, task "
+        f"{cfg['data']['task']}",
         f"- budget: {budget['train_gmacs']:g} G training MACs per run (mode {budget['mode']}, "
         f"forward+backward = {budget['fwd_bwd_factor']} forwards), rounded to whole steps",
         f"- steps: {train['segment_s']:g} s random crops, batch {train['batch_size']}, Adam, "
@@ -234,7 +237,7 @@ def _markdown(cfg: dict[str, Any], table: pd.DataFrame, models: pd.DataFrame,
             _fmt_ci(r.median_diff_db, r.median_diff_ci95_low, r.median_diff_ci95_high)
             for r in paired.itertuples()],
         "Wilcoxon p": [f"{p:.2g}" for p in paired.get("p_value", [])],
-        "rank-biserial r": paired.get("rank_biserial", pd.Series(dtype=float)).round(2),
+        "rank-biserial r": [f"{r:+.2f}" for r in paired.get("rank_biserial", [])],
     })
     reach = reached.copy()
     for column in ("steps", "train_tmacs", "wall_s"):
@@ -263,7 +266,7 @@ def _markdown(cfg: dict[str, Any], table: pd.DataFrame, models: pd.DataFrame,
         f"## Paired per-utterance comparison ({results['reference']} against each model)",
         "Per utterance, each model's SI-SDRi averaged over its seeds; Wilcoxon signed-rank "
         "test on the differences; rank-biserial r from +1 (the reference better on every "
-        "utterance) to -1.", "", markdown_table(pairs), "",
+        "utterance) to -1.", "", pairs.to_markdown(index=False, disable_numparse=True), "",
         "## Time to a validation SI-SDRi (seed mean)", markdown_table(reach), "",
         "## Figures and audio",
         "- curves: figures/curves_steps.png, figures/curves_macs.png, figures/curves_wall.png",

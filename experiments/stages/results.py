@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print("[results] counting MACs of the results models ...", flush=True)
             _stage(["experiments.stages.complexity", "--profile", profile, "--params",
                     args.params, "--out-dir", str(out_dir), "--models", *counted],
-                   out_dir / "complexity.log")
+                   Path(results["runs_dir"]) / "complexity.log")
         todo = [run for run in runs if not run.evaluated()]
         print(f"[results] {len(runs) - len(todo)} of {len(runs)} runs done; "
               f"{len(todo)} to go, {results['parallel_runs']} at a time", flush=True)
