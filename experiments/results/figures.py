@@ -18,10 +18,10 @@ AXES = {"step": "optimizer steps", "train_tmacs": "training MACs (T)",
         "wall_s": "training wall time (s, one thread per run, two runs at once)"}
 
 
-def save(fig: plt.Figure, path: Path) -> None:
+def save(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
 
 
@@ -76,7 +76,7 @@ def plot_spectrograms(examples: list[dict[str, torch.Tensor]], utt_ids: list[str
                 ax.set_title(utt, fontsize=8)
         axes[-1, col].set_xlabel("time (s); frequency 0-4 kHz")
     fig.suptitle(title, fontsize=10)
-    save(fig, path)
+    save(fig, path, dpi=70)  # spectrograms compress badly: a few hundred kB, not MBs
 
 
 def plot_quality_vs_cost(models: pd.DataFrame, path: Path, title: str) -> None:
