@@ -105,10 +105,9 @@ def listening_examples(cfg: dict[str, Any], runs: list[Run], out_dir: Path) -> l
     return written
 
 
-def left_out_table(cfg: dict[str, Any], complexity: pd.DataFrame,
-                   models: pd.DataFrame) -> pd.DataFrame:
+def left_out_table(cfg: dict[str, Any], complexity: pd.DataFrame) -> pd.DataFrame:
     """The models left out of the profile: their MACs, the steps the budget would give them
-    (beside the fewest steps of a model in the profile) and the stated reason."""
+    and the stated reason."""
     from experiments.training.budget import resolve_budget
 
     rows = []
@@ -196,7 +195,7 @@ def build_report(cfg: dict[str, Any], runs: list[Run], running_s: float = 0.0) -
     invocations = out_dir / "invocations.csv"
     wall_total = running_s + (
         float(pd.read_csv(invocations)["wall_s"].sum()) if invocations.is_file() else 0.0)
-    left_out = left_out_table(cfg, complexity, models)
+    left_out = left_out_table(cfg, complexity)
     markdown = _markdown(cfg, table, models, paired, reached, verdict, sentence, missing, wavs,
                          wall_total, left_out)
     write_text(out_dir / "results.md", markdown)

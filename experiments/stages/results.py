@@ -103,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the S4M ablation grid on the results recipe instead")
     args = parser.parse_args(argv)
     started_at, started = time.time(), time.monotonic()
-    base = load_profile(args.params)
-    results = settings(base)
-    profile = results["profile"]
-    cfg = load_profile(args.params, profile) | {"results": results}
+    profile = settings(load_profile(args.params))["profile"]
+    cfg = load_profile(args.params, profile)  # `results` is top-level: every profile has it
+    results = settings(cfg)
     out_dir = Path(results["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(cfg)
