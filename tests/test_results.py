@@ -19,7 +19,14 @@ import yaml
 import baselines
 from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
-from experiments.registry import REGISTRY, SCALES, build_model, load_model, save_model
+from experiments.registry import (
+    REGISTRY,
+    SCALE_CHANGES,
+    SCALES,
+    build_model,
+    load_model,
+    save_model,
+)
 from experiments.results.stats import finding, model_table, paired_comparisons, time_to
 from experiments.training.trainer import lr_schedule
 from s4m import CONFIGS
@@ -39,12 +46,16 @@ def _published_config(name: str) -> dict:
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_cpu_variants_halve_every_width_and_depth_they_set(name: str) -> None:
-    """The one rule of SCALES["cpu"]: each override is half the published value."""
+    """The one rule of SCALES["cpu"]: each width or depth override is half the published value;
+    any other override is one of SCALE_CHANGES["cpu"]."""
     scaled = REGISTRY[name].scaled["cpu"]
     published = _published_config(name)
     assert scaled, name
     for key, value in scaled.items():
-        assert value * 2 == published[key], (name, key, value, published[key])
+        if key in SCALE_CHANGES["cpu"]:
+            assert value == SCALE_CHANGES["cpu"][key] != published[key], (name, key)
+        else:
+            assert value * 2 == published[key], (name, key, value, published[key])
 
 
 def test_scaled_variant_builds_saves_and_loads(tmp_path: Path) -> None:
