@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 DEFAULT_PARAMS = Path("params.yaml")
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 class ConfigError(ValueError):
@@ -56,3 +59,43 @@ def require(cfg: dict[str, Any], dotted: str) -> Any:
             )
         node = node[part]
     return node
+
+
+def repo_defaults(section: str) -> Any:
+    """The top-level `section` of the repository's params.yaml (the default profile's values):
+    the fallback of code called without a params file."""
+    params = load_params(REPO_PARAMS)
+    if section not in params:
+        raise ConfigError(f"{REPO_PARAMS}: top-level section `{section}` is missing")
+    return params[section]
+
+
+def parse_override(item: str, flag: str) -> tuple[str, Any]:
+    """`key=value` (given as a `flag` argument) -> (key, value read as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{flag} {item!r}: expected key=value")
+    return key, yaml.safe_load(raw)
+
+
+def apply_overrides(cfg: dict[str, Any], items: Iterable[str], flag: str, *,
+                    new_keys: bool = False) -> dict[str, Any]:
+    """A copy of cfg with each `a.b=value` of items set. A setting cfg lacks is a ConfigError
+    naming it, unless new_keys: then it is added (and the mappings on its way)."""
+    cfg = copy.deepcopy(cfg)
+    for item in items:
+        key, value = parse_override(item, flag)
+        *parents, leaf = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parents, 1):
+            if new_keys:
+                node.setdefault(part, {})
+            node = node.get(part)
+            if not isinstance(node, dict):
+                if not new_keys:
+                    break
+                raise ConfigError(f"{flag} {item!r}: {'.'.join(parents[:depth])} is not a mapping")
+        if not isinstance(node, dict) or not (new_keys or leaf in node):
+            raise ConfigError(f"{flag} {key}: no such setting in params.yaml")
+        node[leaf] = value
+    return cfg

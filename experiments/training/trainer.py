@@ -10,7 +10,6 @@ resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -29,7 +28,6 @@ import numpy as np
 import pytorch_lightning as pl
 import soundfile as sf
 import torch
-import yaml
 from asteroid.engine.system import System
 from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr, pairwise_neg_snr
 from asteroid.utils import flatten_dict
@@ -39,7 +37,7 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from experiments.atomic import atomic_path, write_json
-from experiments.config import ConfigError, require
+from experiments.config import ConfigError, apply_overrides, parse_override, require
 
 LOSSES = {"neg_sisdr": pairwise_neg_sisdr, "neg_snr": pairwise_neg_snr}
 SCHEDULES = ("plateau", "cosine")
@@ -131,6 +129,10 @@ class SeparationSystem(System):
         self.plateau = scheduler if isinstance(scheduler, ReduceLROnPlateau) else None
         self.per_step = None if self.plateau else scheduler
         self.resume_at: tuple[int, int] | None = None
+        # batches done in this epoch (resumed ones included): global_step - epoch_start_step,
+        # one optimizer step per batch (no gradient accumulation)
+        self.epoch_start_step = 0
+        self.resumed_epoch: int | None = None
         self.rank_digests: list[str] = []
         self.wall_before, self.fit_started = 0.0, time.monotonic()
 
@@ -194,6 +196,11 @@ class SeparationSystem(System):
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val_sisdri", mixture_loss - loss, on_epoch=True, sync_dist=True)
 
+    def on_train_epoch_start(self) -> None:
+        if self.resumed_epoch != self.current_epoch:
+            self.epoch_start_step = self.global_step
+        self.resumed_epoch = None
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
@@ -218,7 +225,7 @@ class SeparationSystem(System):
         np_state = np.random.get_state()
         checkpoint["resume"] = {
             "epoch": self.trainer.current_epoch,
-            "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+            "batches_done": self.global_step - self.epoch_start_step,
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
             "wall_s": self.wall_s(),
             "torch_rng": torch.get_rng_state(),
@@ -230,6 +237,8 @@ class SeparationSystem(System):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["resume"]
         self.resume_at = (state["epoch"], state["batches_done"])
+        self.resumed_epoch = state["epoch"]
+        self.epoch_start_step = checkpoint["global_step"] - state["batches_done"]
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
         self.wall_before = float(state.get("wall_s", 0.0))
@@ -268,22 +277,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # ---------------------------------------------------------------------------------- config
 def parse_overrides(items: list[str], cfg: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-    """`a.b=v` -> copy of cfg with the existing setting replaced; `k=v` -> model override."""
-    cfg, model_overrides = copy.deepcopy(cfg), {}
+    """`a.b=v` (and `seed=v`, `threads=v`) -> copy of cfg with that existing setting replaced;
+    `k=v` -> model override."""
+    settings, model_overrides = [], {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--override {item!r}: expected key=value")
-        value = yaml.safe_load(raw)
+        key, value = parse_override(item, "--override")
         if "." not in key and key not in ("seed", "threads"):
             model_overrides[key] = value
-            continue
-        *parents, leaf = key.split(".")
-        node = require(cfg, ".".join(parents)) if parents else cfg
-        if not isinstance(node, dict) or leaf not in node:
-            raise ConfigError(f"--override {key}: no such setting in params.yaml")
-        node[leaf] = value
-    return cfg, model_overrides
+        else:
+            settings.append(item)
+    return apply_overrides(cfg, settings, "--override"), model_overrides
 
 
 def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
