@@ -166,10 +166,12 @@ def speed(name: str, settings: CheckSettings) -> dict[str, Any]:
     """experiments.benchmark.speed.benchmark_model on the check's device."""
     from experiments.benchmark.speed import SpeedSettings, benchmark_model
 
-    bench = SpeedSettings(device=settings.device, threads=settings.threads,
-                          infer_seconds=settings.speed_infer_s, warmup=1,
-                          repeats=settings.speed_repeats, train_batch=settings.batch_size,
-                          train_seconds=settings.speed_train_s, train_repeats=2)
+    bench = SpeedSettings.defaults(device=settings.device, threads=settings.threads,
+                                   infer_seconds=settings.speed_infer_s, warmup=1,
+                                   repeats=settings.speed_repeats,
+                                   train_batch=settings.batch_size,
+                                   train_seconds=settings.speed_train_s, train_repeats=2,
+                                   compile=False, bf16=False)
     model = build_model(name, sample_rate=settings.sample_rate, **settings.overrides(name))
     return benchmark_model(model, bench, settings.sample_rate, settings.seed)
 

@@ -118,7 +118,7 @@ def test_speed_settings_errors_name_the_setting():
     cfg = {"profile": "x", "speed": {"device": "tpu"}}
     with pytest.raises(ConfigError, match="speed.threads"):
         speed.SpeedSettings.from_config(cfg)
-    good = {k: v for k, v in vars(speed.SpeedSettings()).items()}
+    good = vars(speed.SpeedSettings.defaults())
     with pytest.raises(ConfigError, match="speed.device"):
         speed.SpeedSettings.from_config({"speed": {**good, "device": "tpu"}})
     with pytest.raises(ConfigError, match="unknown `speed` settings"):
@@ -130,18 +130,20 @@ def test_speed_settings_errors_name_the_setting():
 
 
 def test_bf16_auto_times_bf16_only_where_it_is_native(monkeypatch):
-    good = vars(speed.SpeedSettings())
+    good = vars(speed.SpeedSettings.defaults())
     auto = speed.SpeedSettings.from_config({"speed": {**good, "bf16": "auto"}})
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
         monkeypatch.setattr(experiments.env, "cpu_has_bf16", lambda native=native: native)
         assert auto.runs_bf16(cpu) is native and auto.runs_bf16(cuda)
-        assert speed.SpeedSettings(bf16=True).runs_bf16(cpu)
-        assert not speed.SpeedSettings(bf16=False).runs_bf16(cpu)
+        assert speed.SpeedSettings.defaults(bf16=True).runs_bf16(cpu)
+        assert not speed.SpeedSettings.defaults(bf16=False).runs_bf16(cpu)
 
 
-TINY_SETTINGS = speed.SpeedSettings(threads=1, infer_seconds=0.1, warmup=1, repeats=2,
-                                    train_batch=2, train_seconds=0.1, train_repeats=2)
+TINY_SETTINGS = speed.SpeedSettings.defaults(device="cpu", threads=1, infer_seconds=0.1,
+                                             warmup=1, repeats=2, train_batch=2,
+                                             train_seconds=0.1, train_repeats=2, compile=False,
+                                             bf16=False)
 
 
 def test_benchmark_model_in_process():
@@ -230,6 +232,13 @@ def test_a_worker_past_its_timeout_is_stopped():
     with pytest.raises(RuntimeError, match=r"'stuck' ran past speed.timeout_s=2 s"):
         speed.run_in_subprocess(spec, timeout_s=2)
     assert time.monotonic() - start < 15
+
+
+def test_a_killed_worker_is_reported_as_died():
+    spec = {"model": "aborts", "factory": "os:abort", "kwargs": {}, "sample_rate": 8000,
+            "settings": vars(TINY_SETTINGS)}
+    with pytest.raises(speed.WorkerDied, match=r"'aborts' died \(exit code -6\)"):
+        speed.run_in_subprocess(spec, timeout_s=300)
 
 
 def test_length_sweep_marks_a_slow_model_instead_of_failing():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from fvcore.nn import jit_analysis
 from torch import nn
 
 from experiments.complexity.counting import (
@@ -152,3 +153,34 @@ def test_fft_formula():
 ])
 def test_einsum_macs(equation, shapes, expected):
     assert einsum_macs(equation, shapes) == expected
+
+
+@torch.jit.script_if_tracing
+def _scripted_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(x, w)
+
+
+class ScriptedHelper(nn.Module):
+    """A matmul inside a script_if_tracing helper, as asteroid's filterbanks run theirs."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _scripted_matmul(x, self.w)
+
+
+def test_script_if_tracing_helpers_are_traced_through():
+    # pins torch.jit._trace.script, which counting replaces to trace through such helpers
+    assert count_fvcore(ScriptedHelper(), torch.randn(1, 3, 8)).total == pytest.approx(3 * 8 * 4)
+
+
+def test_count_all_traces_each_model_once(monkeypatch):
+    # pins fvcore.nn.jit_analysis._get_scoped_trace_graph, through which counting reuses a trace
+    traces = []
+    trace = jit_analysis._get_scoped_trace_graph
+    monkeypatch.setattr(jit_analysis, "_get_scoped_trace_graph",
+                        lambda *args: traces.append(args) or trace(*args))
+    count_all(FFTConv(), torch.randn(1, 4, 64))
+    assert len(traces) == 1

@@ -239,7 +239,7 @@ def main() -> None:
     torch.manual_seed(0)
     wav = torch.randn(2 if args.train else 1, round(args.seconds * args.sample_rate))
     runs = {}
-    settings = SpeedSettings(train_batch=2, train_seconds=args.seconds)
+    settings = SpeedSettings.defaults(train_batch=2, train_seconds=args.seconds)
 
     def as_run(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
         if not args.train:

@@ -35,8 +35,9 @@ def measure_cost(model: torch.nn.Module, seconds: float, sample_rate: int,
     """Params, MACs per second (both counters, ours and naive) and 1-thread CPU timings of one
     forward (batch 1) and one training step (batch 1) on `seconds` of noise."""
     row, _ = measure("cell", model, seconds, sample_rate, seed)
-    settings = SpeedSettings(threads=1, infer_seconds=seconds, warmup=1, repeats=3,
-                             train_batch=1, train_seconds=seconds, train_repeats=1)
+    settings = SpeedSettings.defaults(device="cpu", threads=1, infer_seconds=seconds, warmup=1,
+                                      repeats=3, train_batch=1, train_seconds=seconds,
+                                      train_repeats=1, compile=False, bf16=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -22,19 +22,18 @@ import resource
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
 from typing import Any
 from unittest import mock
 
 import torch
 from torch import nn
 
-from experiments.config import ConfigError, require
+from experiments.config import ConfigError, repo_defaults, require
 from experiments.env import cpu_has_bf16, resolve_device, runs_bf16
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
@@ -75,21 +74,28 @@ GOAL_PAIRS = (("infer", "s4m_tiny", "sepformer"), ("train", "s4m_tiny", "convtas
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    device: str = "cpu"  # cpu | cuda | auto
-    threads: int = 1
-    infer_seconds: float = 4.0
-    warmup: int = 1
-    repeats: int = 3
-    train_batch: int = 2
-    train_seconds: float = 2.0
-    train_repeats: int = 2
-    ratio_repeats: int = 5  # timed rounds of each goal pair (GOAL_PAIRS)
-    timeout_s: float = 1200.0
-    lengths_s: tuple[float, ...] = (1.0, 4.0, 16.0, 60.0)
-    length_repeats: int = 1
-    length_timeout_s: float = 120.0
-    compile: bool = False
-    bf16: bool | str = False  # true | false | auto (where bf16 is native)
+    """params.yaml's `speed` section; `SpeedSettings.defaults()` without a profile."""
+
+    device: str  # cpu | cuda | auto
+    threads: int
+    infer_seconds: float
+    warmup: int
+    repeats: int
+    train_batch: int
+    train_seconds: float
+    train_repeats: int
+    ratio_repeats: int  # timed rounds of each goal pair (GOAL_PAIRS)
+    timeout_s: float
+    lengths_s: tuple[float, ...]
+    length_repeats: int
+    length_timeout_s: float
+    compile: bool
+    bf16: bool | str  # true | false | auto (where bf16 is native)
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> SpeedSettings:
+        """The repository params.yaml's top-level `speed` settings, with `changes`."""
+        return cls.from_config({"speed": {**repo_defaults("speed"), **changes}})
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SpeedSettings:
@@ -266,7 +272,9 @@ def compiled_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSetti
 
     from experiments.evaluation.metrics import si_sdr
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
+    # private: dynamo's graph-break count has no public API (tests/test_complexity_speed.py
+    # pins it)
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model)
     with empty_compiler_cache():
@@ -402,6 +410,17 @@ class WorkerDied(RuntimeError):
     """A worker process was killed before it could report (out of memory, a signal)."""
 
 
+def _serve(conn: Connection, worker: Callable[[dict[str, Any]], dict[str, Any]],
+           spec: dict[str, Any]) -> None:
+    """The body of a worker process: sends ("ok", result) or ("error", repr, traceback)."""
+    try:
+        outcome: tuple = ("ok", worker(spec))
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+        outcome = ("error", repr(err), traceback.format_exc())
+    conn.send(outcome)
+    conn.close()
+
+
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
                       worker: Callable[[dict[str, Any]], dict[str, Any]] = run_worker,
                       limit_name: str = "speed.timeout_s") -> dict[str, Any]:
@@ -409,25 +428,34 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
     registry's libraries but run nothing); a failure or a timeout raises naming the model."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_serve, args=(send, worker, spec))
     # OMP/MKL thread counts in the environment only while the worker (and, the first time,
-    # the forkserver, whose OpenMP runtime reads them once) starts: submit() starts it
+    # the forkserver, whose OpenMP runtime reads them once) starts
     threads = str(spec["settings"]["threads"])
     with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
-        future = pool.submit(worker, spec)
+        proc.start()
+    send.close()
     try:
-        return future.result(timeout=timeout_s)
-    except FuturesTimeout:
-        for proc in list(pool._processes.values()):  # the executor cannot stop a running task
+        if not receive.poll(timeout_s):
             proc.kill()
-        raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past "
-                            f"{limit_name}={timeout_s:g} s") from None
-    except BrokenProcessPool as err:  # killed (out of memory, a signal) before it could report
-        raise WorkerDied(f"speed worker for {spec['model']!r} died: {err}") from None
-    except Exception as err:
-        raise RuntimeError(f"speed worker for {spec['model']!r} failed: {err!r}") from err
+            raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past "
+                                f"{limit_name}={timeout_s:g} s")
+        try:
+            status, *outcome = receive.recv()
+        except EOFError:  # killed (out of memory, a signal) before it could report
+            proc.join()
+            raise WorkerDied(f"speed worker for {spec['model']!r} died "
+                             f"(exit code {proc.exitcode})") from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        receive.close()
+        proc.join()
+    if status == "ok":
+        return outcome[0]
+    error, remote_traceback = outcome
+    failure = RuntimeError(f"speed worker for {spec['model']!r} failed: {error}")
+    failure.add_note(f"in the worker process:\n{remote_traceback}")
+    raise failure
 
 
 def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,

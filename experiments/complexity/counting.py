@@ -420,6 +420,8 @@ def _inline_scripted_functions() -> Iterator[None]:
     appear in the trace as an opaque prim::CallFunction whose ops fvcore cannot count.
     """
     with ExitStack() as stack:
+        # private: script_if_tracing looks `script` up in torch.jit._trace, its own module
+        # (tests/test_counting.py pins it)
         for owner in (torch.jit, torch.jit._trace):
             if hasattr(owner, "script"):
                 stack.enter_context(mock.patch.object(owner, "script", _unscripted))
@@ -431,6 +433,8 @@ def _one_trace_per_model() -> Iterator[None]:
     """fvcore traces the model afresh for every analysis; inside this block a model traced once
     (same module, same input tensors) reuses its graph, so the count with our handles and the
     count with fvcore's defaults cost one trace (most of the time on a many-op model like S4M)."""
+    # private: fvcore has no hook to reuse a trace; every analysis traces through this function
+    # (tests/test_counting.py pins it)
     trace = jit_analysis._get_scoped_trace_graph
     graphs: dict[tuple[int, ...], Any] = {}
 
@@ -446,7 +450,7 @@ def _one_trace_per_model() -> Iterator[None]:
 
 def _from_jit(value: Any) -> Any:
     kind = value.type()
-    if isinstance(kind, torch._C.TensorType):
+    if isinstance(kind, torch.TensorType):
         sizes = kind.sizes()
         if sizes is None:
             raise ValueError(f"fvcore trace: tensor without a known shape at {value.node()}")
