@@ -73,6 +73,10 @@ REGISTRY: dict[str, Entry] = {
     "s4m": Entry("S4M", "s4m (this repo)",
                  "S4M, S4 layers at more scales (design unpublished, reconstructed)", 0.05,
                  _TINY_S4M, scaled={"cpu": _CPU_S4M}),
+    "tdanet": Entry("S4M", "s4m (this repo)",
+                    "TDANet from its paper: S4M's multi-scale block with 8-head self-attention + "
+                    "conv feed-forward at the coarsest of 5 scales, global map added to each",
+                    0.03, {**_TINY_S4M, "num_blocks": 2}, scaled={"cpu": _CPU_S4M}),
     "convtasnet": Entry(
         "ConvTasNetModel", "asteroid ConvTasNet",
         "LibriMix recipe: N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, ReLU mask", 0.05,

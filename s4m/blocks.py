@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fused
-from .ssm import S4Layer
+from .global_layers import SelectiveSSM, SelfAttention
+from .ssm import SSM_KINDS, S4Layer
+
+# The layer on the coarsest (global) map: an S4 or S4D layer (the released design), a selective
+# SSM, TDANet's self-attention, or none (the multi-scale convolutional path alone).
+GLOBAL_LAYERS = (*SSM_KINDS, "s6", "attention", "none")
+FEED_FORWARDS = ("mlp", "conv")  # S4M's pre-norm MLP | TDANet's conv feed-forward
+FUSIONS = ("gated", "add")  # global map into each scale: S4M's gated fusion | TDANet's sum
 
 
 class Conv1d(nn.Conv1d):
@@ -114,6 +121,20 @@ class FeedForward(nn.Module):
         return (x_t + F.linear(hid, self.fc2.weight.squeeze(-1), self.fc2.bias)).transpose(1, 2)
 
 
+class ConvFeedForward(nn.Module):
+    """TDANet's feed-forward: x + gLN(1x1(ReLU(dwconv5(gLN(1x1(x)))))), 2x wider inside."""
+
+    def __init__(self, channels: int, expand: int = 2):
+        super().__init__()
+        hidden = expand * channels
+        self.fc1 = ConvNorm(channels, hidden, 1, bias=False)
+        self.dwconv = Conv1d(hidden, hidden, 5, padding=2, groups=hidden)
+        self.fc2 = ConvNorm(hidden, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(F.relu(self.dwconv(self.fc1(x))))
+
+
 class MultiScaleBlock(nn.Module):
     """One S4M separator block on (B, in_channels, T), T a multiple of 2**(num_scales - 1).
 
@@ -123,6 +144,8 @@ class MultiScaleBlock(nn.Module):
     with that global map; top-down reconstruction to full rate; 1x1 back and a residual.
     Scales in `s4_scales` other than the coarsest get a residual S4 layer on their local
     features (right after their depthwise conv, so both the global sum and the fusion see it).
+    `global_layer` (None: the `ssm` kind), `feed_forward` and `fusion` pick the global map's
+    layers (GLOBAL_LAYERS, FEED_FORWARDS, FUSIONS); TDANet is attention + conv + add.
 
     The top-down path follows the released code exactly: it starts by fusing scale D-2 with
     scale D-3 (not D-1), so the coarsest fused map is unused for D >= 3; it is not computed and
@@ -130,10 +153,16 @@ class MultiScaleBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int = 128, hidden: int = 512, num_scales: int = 4,
-                 s4_scales: tuple[int, ...] = (3,), **s4_kwargs):
+                 s4_scales: tuple[int, ...] = (3,), global_layer: str | None = None,
+                 feed_forward: str = "mlp", fusion: str = "gated", **s4_kwargs):
         super().__init__()
         if num_scales < 2:
             raise ValueError(f"num_scales must be >= 2, got {num_scales}")
+        for name, value, allowed in (("global_layer", global_layer, (None, *GLOBAL_LAYERS)),
+                                     ("feed_forward", feed_forward, FEED_FORWARDS),
+                                     ("fusion", fusion, FUSIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         bad = [s for s in s4_scales if not 0 <= s < num_scales]
         if bad:
             raise ValueError(f"s4_scales {bad} out of range for num_scales={num_scales}")
@@ -144,11 +173,20 @@ class MultiScaleBlock(nn.Module):
             ConvNorm(hidden, hidden, 5, 1 if i == 0 else 2, groups=hidden)
             for i in range(num_scales)
         )
-        self.fuse = nn.ModuleList(Fusion(hidden, 1) for _ in range(num_scales))
+        self.fuse = (nn.ModuleList(Fusion(hidden, 1) for _ in range(num_scales))
+                     if fusion == "gated" else None)
         self.recon = nn.ModuleList(Fusion(hidden, 5) for _ in range(num_scales - 1))
         self.res_conv = Conv1d(hidden, in_channels, 1)
-        self.global_ssm = ResidualSSM(hidden, **s4_kwargs) if coarsest in s4_scales else None
-        self.ff = FeedForward(hidden)
+        kind = global_layer or s4_kwargs.get("ssm", "s4")
+        self.global_ssm = self.global_mixer = None  # the global S4/S4D layer | another layer
+        if coarsest in s4_scales and kind in SSM_KINDS:
+            init = s4_kwargs.get("init") if kind == s4_kwargs.get("ssm", "s4") else None
+            self.global_ssm = ResidualSSM(hidden, **{**s4_kwargs, "ssm": kind, "init": init})
+        elif coarsest in s4_scales and kind == "s6":
+            self.global_mixer = SelectiveSSM(hidden, d_state=s4_kwargs.get("d_state", 16))
+        elif coarsest in s4_scales and kind == "attention":
+            self.global_mixer = SelfAttention(hidden)
+        self.ff = FeedForward(hidden) if feed_forward == "mlp" else ConvFeedForward(hidden)
         self.local_ssm = nn.ModuleDict(
             {str(s): ResidualSSM(hidden, **s4_kwargs) for s in sorted(s4_scales) if s != coarsest}
         )
@@ -186,11 +224,18 @@ class MultiScaleBlock(nn.Module):
             glob = glob + avg_pool(o, o.shape[-1] // coarse)
         if self.global_ssm is not None:
             glob = self.global_ssm(glob, kernels[str(depth - 1)])
+        elif self.global_mixer is not None:
+            glob = self.global_mixer(glob)
         glob = self.ff(glob)
         # each scale fused with the global map, then top-down reconstruction (as released)
         used = set(range(depth - 1)) | {depth - 3 if depth >= 3 else depth - 1}
-        fused_maps = {i: self.fuse[i](outs[i], glob) for i in sorted(used)}
+        fused_maps = {i: self._fuse(i, outs[i], glob) for i in sorted(used)}
         expanded = self.recon[depth - 2](fused_maps[depth - 2], fused_maps[(depth - 3) % depth])
         for i in range(depth - 3, -1, -1):
             expanded = self.recon[i](fused_maps[i], expanded)
         return self.res_conv(expanded) + x
+
+    def _fuse(self, scale: int, local: Tensor, glob: Tensor) -> Tensor:
+        if self.fuse is not None:
+            return self.fuse[scale](local, glob)
+        return local + F.interpolate(glob, size=local.shape[-1], mode="nearest")

@@ -17,6 +17,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "s4m_tiny": {**_BASE, "s4_scales": [-1]},
     # Paper's 3.6M model (design unpublished); assumption: S4 layers at every scale. ~3.53M.
     "s4m": {**_BASE, "s4_scales": "all"},
+    # TDANet (Li et al., ICLR 2023; the paper's Libri2Mix model, its public configs/tdanet.yml):
+    # 5 scales, multi-head self-attention (8 heads) + conv feed-forward on the global map, the
+    # global map added to each scale. ~2.32M (published 2.33M). Differences from the public code:
+    # no dropout or drop-path (0.1 there), and S4M's input padding (frames a multiple of 16).
+    "tdanet": {**_BASE, "num_scales": 5, "s4_scales": [-1], "global_layer": "attention",
+               "feed_forward": "conv", "fusion": "add"},
 }
 
 _ALLOWED = set(inspect.signature(S4M.__init__).parameters) - {"self", "n_src", "sample_rate"}

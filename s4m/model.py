@@ -44,6 +44,12 @@ class S4M(BaseModel):
     unpublished: S4 layers at every scale (`s4_scales='all'`), i.e. a residual S4 layer (same
     d_state, bidirectional) on each finer scale's local features besides the global S4 + FF.
 
+    `global_layer` replaces the coarsest scale's S4 layer: s4, s4d, s6 (a selective SSM),
+    attention (TDANet's) or none (None: the `ssm` kind); `feed_forward` ("mlp" | "conv") and
+    `fusion` ("gated" | "add") pick S4M's or TDANet's layers there (`s4m.blocks`). TDANet (Li et
+    al., ICLR 2023), the design S4M modifies, is this class with attention, conv and add at 5
+    scales (CONFIGS["tdanet"]).
+
     Efficiency by design: every S4 kernel is built once per forward (pure function of the
     parameters, never cached into them) and shared by all passes; input length only changes
     internal padding. `checkpointing=True` recomputes each pass in backward (training memory).
@@ -54,7 +60,8 @@ class S4M(BaseModel):
                  num_blocks: int = 16, num_scales: int = 4,
                  s4_scales: Sequence[int] | str = (-1,), d_state: int = 16, ssm: str = "s4",
                  ssm_init: str | None = None, bidirectional: bool = True,
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, global_layer: str | None = None,
+                 feed_forward: str = "mlp", fusion: str = "gated"):
         super().__init__(sample_rate=sample_rate)
         kernel = int(enc_kernel_ms * sample_rate // 1000)
         if kernel < 4:
@@ -75,7 +82,8 @@ class S4M(BaseModel):
             num_blocks=num_blocks, num_scales=num_scales,
             s4_scales=s4_scales if isinstance(s4_scales, str) else list(s4_scales),
             d_state=d_state, ssm=ssm, ssm_init=ssm_init, bidirectional=bidirectional,
-            checkpointing=checkpointing,
+            checkpointing=checkpointing, global_layer=global_layer, feed_forward=feed_forward,
+            fusion=fusion,
         )
         self.n_src, self.num_blocks, self.checkpointing = n_src, num_blocks, checkpointing
         self.enc_kernel, self.enc_stride = kernel, kernel // 4
@@ -88,7 +96,8 @@ class S4M(BaseModel):
         self.bottleneck = Conv1d(self.n_filters, bottleneck_channels, 1)
         self.block = MultiScaleBlock(
             bottleneck_channels, hidden_channels, num_scales,
-            resolve_scales(s4_scales, num_scales), d_state=d_state, ssm=ssm, init=ssm_init,
+            resolve_scales(s4_scales, num_scales), global_layer=global_layer,
+            feed_forward=feed_forward, fusion=fusion, d_state=d_state, ssm=ssm, init=ssm_init,
             bidirectional=bidirectional,
         )
         self.concat_conv = Conv1d(bottleneck_channels, bottleneck_channels, 1,

@@ -263,8 +263,3 @@ class S4Layer(nn.Module):
         act = F.gelu(self.ssm(u, k_f).transpose(1, 2).contiguous())
         w, b = self.output_linear.weight.squeeze(-1), self.output_linear.bias
         return F.glu(F.linear(act, w, b), dim=-1).transpose(1, 2)
-
-
-# Module types whose arithmetic is the SSM's (layers and kernel generators): the scope in which
-# MAC counters also count element-wise operations.
-SSM_MODULES: tuple[type[nn.Module], ...] = (S4Layer, SSMKernel)

@@ -24,6 +24,7 @@ BASELINE_NAMES = ("convtasnet", "dprnn", "sudormrf", "sepformer")
 SMALL = {
     "s4m_tiny": {},
     "s4m": {},
+    "tdanet": dict(num_blocks=2),
     "convtasnet": dict(n_blocks=2, n_repeats=1),
     "dprnn": dict(n_repeats=1, chunk_size=50, hop_size=25),
     "sudormrf": dict(num_blocks=2),
