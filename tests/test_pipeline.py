@@ -37,7 +37,8 @@ def smoke_repo(tmp_path_factory, copy_project) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["models"] = MODELS
-    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4", "s4d"])
+    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4", "s4d"],
+                              global_layers=["none"], global_at={"num_scales": 3, "d_state": 8})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -71,7 +72,8 @@ def test_make_repro_from_a_plain_shell_writes_every_report(smoke_repo: Path) -> 
 
     ablation = pd.read_csv(reports / "ablation.csv")
     assert sorted(zip(ablation["num_scales"], ablation["d_state"], ablation["ssm"],
-                      strict=True)) == [(3, 8, "s4"), (3, 8, "s4d")]
+                      ablation["global_layer"], strict=True)) == [
+        (3, 8, "s4", "none"), (3, 8, "s4", "s4"), (3, 8, "s4d", "s4d")]
     assert ablation["si_sdri_db"].map(math.isfinite).all()
 
     markdown = (reports / "results.md").read_text()

@@ -198,8 +198,10 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     cfg = load_profile(tmp_path / "params.yaml", "cpu")
     assert cfg["threads"] == 1 and cfg["train"]["schedule"] == "cosine"
 
-    # The ablation grid on the same recipe: one cell, its cost and quality columns.
-    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"], cost_seconds=0.1)
+    # The ablation grid on the same recipe: one cell and one of the global-layer axis, their
+    # cost and quality columns.
+    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"], cost_seconds=0.1,
+                              global_layers=["s6"], global_at={"num_scales": 3, "d_state": 8})
     params["profiles"]["cpu"]["ablation"]["train_gmacs"] = 6
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     grid = subprocess.run([*command, "--ablation"], cwd=tmp_path, capture_output=True,
@@ -207,11 +209,13 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
     ablation = pd.read_csv(out / "ablation.csv")
     assert list(zip(ablation["num_scales"], ablation["d_state"], ablation["ssm"],
-                    strict=True)) == [(3, 8, "s4d")]
+                    ablation["global_layer"], strict=True)) == [(3, 8, "s4", "s6"),
+                                                                 (3, 8, "s4d", "s4d")]
     assert ablation[["si_sdri_db", "params_m", "macs_g_per_s_fvcore", "infer_s_median"]].map(
         math.isfinite).all(axis=None)
     assert "training check, not a result" in (out / "ablation.md").read_text()
     assert (out / "figures/ablation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "figures/global_layers.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_readme_states_the_committed_finding() -> None:

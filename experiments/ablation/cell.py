@@ -1,9 +1,9 @@
 """One ablation cell: `ablation.base_model` with the cell's constructor overrides (num_scales,
-d_state, ssm), its cost measured (params; MACs per second with fvcore and ptflops; inference and
-training-step time with one thread, all on `ablation.cost_seconds` of audio), then trained under
-the cell budget and evaluated. The evaluation summary records `cell` (the settings), `cost`,
-`budget` and `training` (steps, wall time, what stopped it): the report reads these, never the
-folder name.
+d_state, ssm, and global_layer on the global-layer axis), its cost measured (params; MACs per
+second with fvcore and ptflops; inference and training-step time with one thread, all on
+`ablation.cost_seconds` of audio), then trained under the cell budget and evaluated. The
+evaluation summary records `cell` (the settings), `cost`, `budget` and `training` (steps, wall
+time, what stopped it): the report reads these, never the folder name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ SPEED_KEYS = ("infer_s_median", "rtf", "infer_peak_mem_mb", "train_step_s", "pea
 
 
 def cell_tag(cell: dict[str, Any]) -> str:
-    return f"scales{cell['num_scales']}_dstate{cell['d_state']}_{cell['ssm']}"
+    tag = f"scales{cell['num_scales']}_dstate{cell['d_state']}_{cell['ssm']}"
+    return f"{tag}_global-{cell['global_layer']}" if cell.get("global_layer") else tag
 
 
 def measure_cost(model: torch.nn.Module, seconds: float, sample_rate: int,

@@ -432,7 +432,8 @@ def reconstruction_note(results: pd.DataFrame, published: dict[str, Any],
 
 # ---------------------------------------------------------------------------------- ablation
 ABLATION_COLUMNS = [
-    "num_scales", "d_state", "ssm", "si_sdri_db", "si_sdri_ci95", "sdri_db", "steps",
+    "num_scales", "d_state", "ssm", "global_layer", "si_sdri_db", "si_sdri_ci95", "sdri_db",
+    "steps",
     "params_m", "macs_g_per_s_fvcore", "macs_g_per_s_ptflops", "infer_s_median", "rtf",
     "train_step_s", "infer_peak_mem_mb", "cost_seconds",
 ]
@@ -451,13 +452,16 @@ def load_ablation(reports: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         si_sdri, ci = metric_stats(summary, "si_sdr_i")
         cost, training = summary.get("cost") or {}, summary.get("training") or {}
         rows.append({"num_scales": int(cell["num_scales"]), "d_state": int(cell["d_state"]),
-                     "ssm": str(cell["ssm"]), "si_sdri_db": si_sdri, "si_sdri_ci95": ci,
+                     "ssm": str(cell["ssm"]),
+                     "global_layer": cell.get("global_layer") or cell["ssm"],
+                     "si_sdri_db": si_sdri, "si_sdri_ci95": ci,
                      "sdri_db": metric_stats(summary, "sdr_i")[0],
                      "steps": training.get("steps"), "cost_seconds": cost.get("seconds"),
-                     **{k: cost.get(k) for k in ABLATION_COLUMNS[7:-1]}})
+                     **{k: cost.get(k) for k in ABLATION_COLUMNS[8:-1]}})
         summaries.append(summary)
     frame = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
-    return frame.sort_values(["ssm", "num_scales", "d_state"], ignore_index=True), summaries
+    frame = frame.sort_values(["ssm", "num_scales", "d_state", "global_layer"], ignore_index=True)
+    return frame, summaries
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -567,7 +571,9 @@ HEATMAP_ROWS = (
 
 def plot_ablation_heatmap(ablation: pd.DataFrame, verdict: Verdict, path: Path) -> None:
     """One row of panels per column (quality, then costs), one panel per SSM kind; the panels
-    of a row share one colour scale (one colour bar)."""
+    of a row share one colour scale (one colour bar). Cells of the global-layer axis other than
+    the SSM kind's own global layer are left out (see `plot_global_layers`)."""
+    ablation = ablation[ablation["global_layer"] == ablation["ssm"]]
     kinds = sorted(ablation["ssm"].unique()) if len(ablation) else []
     rows = [r for r in HEATMAP_ROWS if _finite(ablation[r[0]])]
     if not kinds or not rows:

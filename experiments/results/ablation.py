@@ -18,12 +18,37 @@ from experiments.reporting.report import (
     markdown_table,
     plot_ablation_heatmap,
 )
+from experiments.results.figures import plot_global_layers
 
 
 def grid(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scales x state size x SSM kind cells, then the global-layer axis."""
     axes = ("num_scales", "d_state", "ssm")
     values = [require(cfg, f"ablation.{axis}") for axis in axes]
-    return [dict(zip(axes, cell, strict=True)) for cell in itertools.product(*values)]
+    at = require(cfg, "ablation.global_at")
+    return ([dict(zip(axes, cell, strict=True)) for cell in itertools.product(*values)]
+            + [{"num_scales": at["num_scales"], "d_state": at["d_state"], "ssm": "s4",
+                "global_layer": layer} for layer in require(cfg, "ablation.global_layers")])
+
+
+def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
+    """The global-layer axis's cells and the results profile's models (mean SI-SDRi over seeds,
+    costs from its complexity table) as labelled points for `plot_global_layers`."""
+    import pandas as pd
+
+    at = require(cfg, "ablation.global_at")
+    axis = table[(table["num_scales"] == at["num_scales"]) & (table["d_state"] == at["d_state"])
+                 & table["global_layer"].isin(require(cfg, "ablation.global_layers"))
+                 & ((table["ssm"] == "s4") | (table["global_layer"] != table["ssm"]))]
+    points = [axis.assign(kind="global layer", label=axis["global_layer"])]
+    summary, complexity = out_dir / "summary.csv", out_dir / "complexity.csv"
+    if summary.is_file() and complexity.is_file():
+        runs = pd.read_csv(summary).groupby("model", as_index=False)["si_sdri_db"].mean()
+        costs = pd.read_csv(complexity).rename(columns={"name": "model"})
+        models = runs.merge(costs, on="model", how="left")
+        points.append(models.assign(kind="model", label=models["model"]))
+    columns = ["kind", "label", "si_sdri_db", "macs_g_per_s_fvcore", "infer_s_median"]
+    return pd.concat([p.reindex(columns=columns) for p in points], ignore_index=True)
 
 
 def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
@@ -39,10 +64,13 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     verdict = rule.judge(table["si_sdri_db"], table["steps"])
     table.to_csv(out_dir / "ablation.csv", index=False, float_format="%.4g")
     plot_ablation_heatmap(table, verdict, out_dir / "figures" / "ablation_heatmap.png")
+    plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
+                       out_dir / "figures" / "global_layers.png")
     budget = cfg["ablation"].get("train_gmacs") or cfg["train"]["budget"]["train_gmacs"]
     status = "results" if verdict.is_result else NOT_A_RESULT
     write_text(out_dir / "ablation.md", "\n".join([
-        "# S4M ablation on the CPU results recipe: scales x state size x SSM kind", "",
+        "# S4M ablation on the CPU results recipe: scales x state size x SSM kind, and the "
+        "global layer", "",
         f"Base model `{cfg['ablation']['base_model']}` with each cell's overrides, one seed "
         f"({cfg['seed']}), {budget:g} G training MACs per cell (steps from the cell's own "
         "MACs), the recipe of reports/cpu/results.md; cost columns on "
@@ -51,5 +79,7 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
         f"Quality columns: **{status}** ({verdict.reason}); si_sdri_ci95 is the half-width of "
         "the 95% interval over the test utterances.", "",
         markdown_table(table, floatfmt=".4g") if len(table) else "no cells", "",
-        "Figure: figures/ablation_heatmap.png.", ""]))
+        "Figures: figures/ablation_heatmap.png (scales x state size), "
+        "figures/global_layers.png (the global-layer axis by cost, beside the profile's models "
+        "from summary.csv).", ""]))
     return f"[results] ablation: {len(table)} cells in {out_dir}; {verdict.reason}"

@@ -94,3 +94,29 @@ def plot_quality_vs_cost(models: pd.DataFrame, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     save(fig, path)
+
+
+def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path) -> None:
+    """S4M's global layers (and reference models, `kind` "model") by cost: SI-SDRi against MACs
+    and against 1-thread inference time, points labelled. Without SI-SDRi (cells not trained
+    yet) it shows MACs against time instead, so the costs are visible either way."""
+    has_quality = bool(points["si_sdri_db"].notna().any())
+    panels = ([("macs_g_per_s_fvcore", "MACs (G per second of audio, fvcore)"),
+               ("infer_s_median", "inference time (s, 1 thread)")] if has_quality else
+              [("infer_s_median", "inference time (s, 1 thread)")])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels, strict=True):
+        y_col = "si_sdri_db" if has_quality else "macs_g_per_s_fvcore"
+        for kind, marker, colour in (("global layer", "o", "tab:blue"), ("model", "s", "0.4")):
+            sel = points[(points["kind"] == kind) & points[column].notna() & points[y_col].notna()]
+            ax.scatter(sel[column], sel[y_col], marker=marker, color=colour, label=kind, zorder=3)
+            for _, row in sel.iterrows():
+                ax.annotate(row["label"], (row[column], row[y_col]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel(quality_label if has_quality else "MACs (G per second of audio, fvcore)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("S4M's global layer: quality against cost" if has_quality else
+                 "S4M's global layer: cost (quality not measured yet)", fontsize=10)
+    save(fig, path)

@@ -2,7 +2,7 @@
 process.
 
 `python -m experiments.stages.ablate --num-scales N --d-state D --ssm {s4,s4d}
-[--profile P] [--runs-root DIR] [--reports-root DIR]`
+[--global-layer {s4,s4d,s6,attention,none}] [--profile P] [--runs-root DIR] [--reports-root DIR]`
 
 The base model is `ablation.base_model` with the cell's constructor overrides; training and
 evaluation settings are the profile's, as for the main models, except the budget:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-scales", type=int, required=True)
     parser.add_argument("--d-state", type=int, required=True)
     parser.add_argument("--ssm", choices=("s4", "s4d"), required=True)
+    parser.add_argument("--global-layer", default=None,
+                        help="the coarsest scale's layer (default: the --ssm kind)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None,
                         help="settings profile (default: params.yaml's `profile`)")
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports-root", type=Path, default=Path("reports/ablation"))
     args = parser.parse_args(argv)
     cell = {"num_scales": args.num_scales, "d_state": args.d_state, "ssm": args.ssm}
+    if args.global_layer:
+        cell["global_layer"] = args.global_layer
     try:
         summary = run_cell(load_profile(args.params, args.profile), cell, args.runs_root,
                            args.reports_root)

@@ -72,6 +72,7 @@ def _ablation(cfg: dict, profile: str, params: str, out_dir: Path, runs_dir: Pat
         print(f"[results] ablation {tag} ...", flush=True)
         _stage(["experiments.stages.ablate", "--num-scales", str(cell["num_scales"]),
                 "--d-state", str(cell["d_state"]), "--ssm", cell["ssm"], "--profile", profile,
+                *(["--global-layer", cell["global_layer"]] if cell.get("global_layer") else []),
                 "--params", params, "--runs-root", str(runs_dir / "ablation"),
                 "--reports-root", str(out_dir / "ablation")],
                runs_dir / "ablation" / tag / "ablate.log")
