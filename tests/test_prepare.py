@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -57,6 +59,42 @@ def test_stage_builds_from_a_params_file(tmp_path):
     moved.rename(out)
     with pytest.raises(ConfigError, match="other settings"):
         prepare({**_cfg(out), "seed": 4}, progress=False)
+
+
+def test_asteroid_opens_the_prepared_csvs_from_any_directory(tmp_path, monkeypatch):
+    # Prepared in two checkouts (relative out_dir, as under DVC): the same bytes, so the DVC
+    # hash does not depend on the machine's paths.
+    trees = []
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        monkeypatch.chdir(tmp_path / checkout)
+        prepare(_cfg(Path("data/prepared")), progress=False)
+        out = tmp_path / checkout / "data/prepared"
+        trees.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert trees[0] == trees[1]
+    local = tmp_path / "a/data/prepared_local"
+    assert set(json.loads((local / "prepare_metrics.json").read_text())) == {
+        "build_seconds", "workers"}
+    test_csvs = local / "Libri2Mix/wav8k/min/metadata/test"
+    paths = pd.read_csv(test_csvs / "mixture_test_mix_clean.csv")
+    assert all(Path(p).is_absolute() for p in paths.mixture_path)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # asteroid.data imports pkg_resources
+        from asteroid.data import LibriMix
+    ds = LibriMix(csv_dir=str(test_csvs), task="sep_clean", sample_rate=8000, n_src=2,
+                  segment=None)
+    mixture, sources = ds[0]
+    assert len(ds) == 2 and sources.shape == (2, mixture.shape[0])
+    # The data moved with its absolute CSVs (another machine, restored from the DVC cache):
+    # reading it rewrites them for the new place.
+    (tmp_path / "a/data").rename(tmp_path / "c")
+    ds = make_dataset(_cfg(tmp_path / "c/prepared")["data"], "test", segment=None)
+    assert ds.df.mixture_path[0].startswith(str(tmp_path / "c/prepared/"))
+    assert ds[0][1].shape[0] == 2
+    paths = pd.read_csv(tmp_path / "c/prepared_local" / test_csvs.relative_to(local)
+                        / "mixture_test_mix_clean.csv")
+    assert list(paths.mixture_path) == list(ds.df.mixture_path)
 
 
 def test_repo_params_profiles_have_the_data_settings():

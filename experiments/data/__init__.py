@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,13 @@ from experiments.config import ConfigError
 SPLITS = ("train", "dev", "test")
 TASKS = {"sep_clean": "mix_clean", "sep_noisy": "mix_both"}
 WHAM_SPLITS = {"train": "tr", "dev": "cv", "test": "tt"}
+
+
+def local_dir(out_dir: str | Path) -> Path:
+    """`<out_dir>_local`, beside the prepared data and outside its DVC output: what holds only
+    on this machine (CSVs with absolute paths, build timings), so the output's hash does not."""
+    out = Path(os.path.abspath(out_dir))
+    return out.with_name(f"{out.name}_local")
 
 
 def _setting(data_cfg: dict[str, Any], key: str) -> Any:
@@ -36,7 +44,7 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         warnings.simplefilter("ignore")  # asteroid.data imports pkg_resources
         from asteroid.data import LibriMix, WhamDataset
     if source in ("librimix", "synthetic"):
-        from experiments.data.librimix import csv_dir
+        from experiments.data.librimix import absolute_csv_dir, csv_dir
 
         name = data_cfg.get("train_split", "train-100") if split == "train" else split
         folder = csv_dir(out_dir, sample_rate, mode, name)
@@ -44,12 +52,8 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         if not csv.is_file():
             raise FileNotFoundError(f"{csv}: prepared {source} data for split {split!r}, task "
                                     f"{task!r} not found; run `python -m experiments.stages.prepare`")
-        ds = LibriMix(str(folder), task=task, sample_rate=sample_rate, n_src=2,
-                      segment=segment, return_id=return_id)
-        split_dir = folder.parent.parent / name
-        for col in [c for c in ds.df.columns if c.endswith("_path")]:
-            ds.df[col] = [str(split_dir / p) for p in ds.df[col]]
-        return ds
+        return LibriMix(str(absolute_csv_dir(out_dir, sample_rate, mode, name)), task=task,
+                        sample_rate=sample_rate, n_src=2, segment=segment, return_id=return_id)
     if source == "wham":
         from experiments.data.wham import json_dir
 

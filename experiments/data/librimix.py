@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,31 @@ def mode_dir(out_dir: str | Path, sample_rate: int, mode: str) -> Path:
 def csv_dir(out_dir: str | Path, sample_rate: int, mode: str, split: str) -> Path:
     """One folder per split holding only its mixture CSVs, as asteroid's LibriMix expects."""
     return mode_dir(out_dir, sample_rate, mode) / "metadata" / split
+
+
+def absolute_csv_dir(out_dir: str | Path, sample_rate: int, mode: str, split: str) -> Path:
+    """The split's mixture CSVs with absolute paths, as official LibriMix writes them, so that
+    asteroid's `LibriMix(csv_dir=...)` opens them from any working directory: the folder
+    `csv_dir(local_dir(out_dir), ...)`, (re)written from the relative CSVs in `out_dir` when
+    missing or when `out_dir` has moved."""
+    from experiments.data import local_dir
+
+    src = csv_dir(out_dir, sample_rate, mode, split)
+    dst = csv_dir(local_dir(out_dir), sample_rate, mode, split)
+    split_dir = Path(os.path.abspath(mode_dir(out_dir, sample_rate, mode) / split))
+    names = set()
+    for path in sorted(src.glob("mixture_*.csv")):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        for col in [c for c in df.columns if c.endswith("_path")]:
+            df[col] = [str(split_dir / p) for p in df[col]]
+        text, target = df.to_csv(index=False), dst / path.name
+        if not target.is_file() or target.read_text() != text:
+            write_text(target, text)
+        names.add(path.name)
+    for stale in dst.glob("mixture_*.csv"):
+        if stale.name not in names:
+            stale.unlink()
+    return dst
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -444,7 +470,8 @@ def build_librimix(
     n_mixtures = n_mixtures or {}
     if metadata_dir is None:
         md_dir = Path(out_dir) / "metadata"
-        settings = {"librispeech_root": str(ls_root.resolve()), "wham_root": str(nz_root.resolve()),
+        settings = {"librispeech_root": _recorded_root(ls_root, out_dir),
+                    "wham_root": _recorded_root(nz_root, out_dir),
                     "seed": seed, "n_mixtures": {s: n_mixtures.get(s) for s in splits},
                     "min_seconds": min_seconds}
         check_settings(md_dir / "generation.json", settings, out_dir)
@@ -461,6 +488,13 @@ def build_librimix(
         create_split(md, ls_root, nz_root, out_dir, split, sample_rate, mode, types, workers,
                      progress, source=str(md_path))
     return mode_dir(out_dir, sample_rate, mode)
+
+
+def _recorded_root(root: Path, out_dir: str | Path) -> str:
+    """A corpus root as generation.json records it: relative to `out_dir` when inside it (the
+    synthetic corpora), so that file does not depend on where the checkout is."""
+    root, out = root.resolve(), Path(out_dir).resolve()
+    return root.relative_to(out).as_posix() if root.is_relative_to(out) else str(root)
 
 
 def check_settings(path: Path, settings: dict, out_dir: str | Path) -> None:

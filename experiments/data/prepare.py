@@ -1,7 +1,9 @@
 """Builds the dataset that params.yaml's active profile names.
 
 Reads `seed` and `data.*` (source, out_dir, sample_rate, mode, types, num_workers and the
-source's own block) and writes only under `data.out_dir`.
+source's own block). Writes the dataset under `data.out_dir`, the same bytes on every machine
+(a DVC output), and what holds only on this machine under `local_dir(out_dir)`: the mixture
+CSVs with absolute paths that asteroid's LibriMix opens, and the build time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from experiments.atomic import write_text
 from experiments.config import ConfigError, require
+from experiments.data import local_dir
 from experiments.data.audio import resolve_workers
 
 DEFAULT_TYPES = ("mix_clean", "mix_both")
@@ -65,12 +68,24 @@ def prepare(cfg: dict[str, Any], progress: bool = True) -> Path:
     else:
         raise ConfigError(f"params.yaml: data.source must be synthetic, librimix or wham, "
                           f"got {source!r}")
+    if source != "wham":
+        from experiments.data.librimix import absolute_csv_dir
+
+        for split_csvs in sorted(p for p in (built / "metadata").iterdir() if p.is_dir()):
+            absolute_csv_dir(out_dir, sample_rate, mode, split_csvs.name)
     seconds = time.perf_counter() - start
-    files = [p for p in out_dir.rglob("*") if p.is_file()]
+    summary_path = out_dir / "prepare_summary.json"
+    files = [p for p in out_dir.rglob("*") if p.is_file() and p != summary_path]
     summary = {"source": source, "profile": cfg.get("profile"), "seed": seed,
-               "dataset": str(built), "build_seconds": round(seconds, 1), "workers": workers,
-               "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
-    write_text(out_dir / "prepare_summary.json", json.dumps(summary, indent=1) + "\n")
+               "dataset": built.relative_to(out_dir).as_posix(), "files": len(files),
+               "bytes": sum(p.stat().st_size for p in files)}
+    write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+    local = local_dir(out_dir)
+    metrics = {"build_seconds": round(seconds, 1), "workers": workers}
+    write_text(local / "prepare_metrics.json", json.dumps(metrics, indent=1) + "\n")
     print(f"prepared {source} data in {built}: {summary['files']} files, "
           f"{summary['bytes'] / 2**20:.0f} MiB, {seconds:.1f} s on {workers} workers")
+    if source != "wham":
+        print(f"asteroid's LibriMix(csv_dir=...) opens {local}/{built.relative_to(out_dir)}"
+              f"/metadata/<split> from any directory")
     return built
