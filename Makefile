@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 unexport PYTHONPATH PYTHONHOME
 
-.PHONY: setup repro results results-ablation test lint bench gpu-check clean-venv
+.PHONY: setup repro results results-ablation results-global test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -20,10 +20,15 @@ results: setup
 	@dvc repro prepare
 	@python -m experiments.stages.results
 
-# The S4M ablation grid on the same recipe (about 90 minutes on 2 cores); reports/cpu/ablation.md
+# The S4M ablations on the same recipe, reports/cpu/ablation.md: the scales x d_state x S4/S4D
+# grid (8 cells) and the global-layer axis (5 cells); run again after an interruption to continue
 results-ablation: setup
 	@dvc repro prepare
-	@python -m experiments.stages.results --ablation
+	@python -m experiments.stages.results --ablation grid
+
+results-global: setup
+	@dvc repro prepare
+	@python -m experiments.stages.results --ablation global
 
 test: setup
 	@python -m pytest -q

@@ -204,9 +204,11 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
                               global_layers=["s6"], global_at={"num_scales": 3, "d_state": 8})
     params["profiles"]["cpu"]["ablation"]["train_gmacs"] = 6
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    grid = subprocess.run([*command, "--ablation"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900, stdin=subprocess.DEVNULL)
-    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    for which in ("grid", "global"):
+        grid = subprocess.run([*command, "--ablation", which], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL)
+        assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
     ablation = pd.read_csv(out / "ablation.csv")
     assert list(zip(ablation["num_scales"], ablation["d_state"], ablation["ssm"],
                     ablation["global_layer"], strict=True)) == [(3, 8, "s4", "s6"),
@@ -216,6 +218,8 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     assert "training check, not a result" in (out / "ablation.md").read_text()
     assert (out / "figures/ablation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "figures/global_layers.png").read_bytes()[:4] == b"\x89PNG"
+    timed = pd.read_csv(out / "ablation_invocations.csv")["what"].tolist()
+    assert timed == ["ablation grid", "global-layer axis"]
 
 
 def test_readme_states_the_committed_finding() -> None:

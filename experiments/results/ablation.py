@@ -21,14 +21,18 @@ from experiments.reporting.report import (
 from experiments.results.figures import plot_global_layers
 
 
-def grid(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The scales x state size x SSM kind cells, then the global-layer axis."""
+def grid_cells(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scales x state size x SSM kind cells (`make results-ablation`)."""
     axes = ("num_scales", "d_state", "ssm")
     values = [require(cfg, f"ablation.{axis}") for axis in axes]
+    return [dict(zip(axes, cell, strict=True)) for cell in itertools.product(*values)]
+
+
+def global_cells(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The global-layer axis at `ablation.global_at` (`make results-global`)."""
     at = require(cfg, "ablation.global_at")
-    return ([dict(zip(axes, cell, strict=True)) for cell in itertools.product(*values)]
-            + [{"num_scales": at["num_scales"], "d_state": at["d_state"], "ssm": "s4",
-                "global_layer": layer} for layer in require(cfg, "ablation.global_layers")])
+    return [{"num_scales": at["num_scales"], "d_state": at["d_state"], "ssm": "s4",
+             "global_layer": layer} for layer in require(cfg, "ablation.global_layers")]
 
 
 def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
@@ -51,14 +55,21 @@ def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
     return pd.concat([p.reindex(columns=columns) for p in points], ignore_index=True)
 
 
-def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
+def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path, what: str,
                           running_s: float) -> str:
-    """ablation.csv, ablation.md and the heatmap from the cells evaluated so far; the wall time
-    is the sum of the logged invocations and the running one (`running_s`)."""
+    """ablation.csv, ablation.md and the figures from the cells evaluated so far; each
+    command's wall time is the sum of its logged invocations (and of the running one,
+    `running_s`, which is `what`)."""
     import pandas as pd
 
-    wall_s = running_s + (float(pd.read_csv(invocations)["wall_s"].sum())
-                          if invocations.is_file() else 0.0)
+    logged = pd.read_csv(invocations) if invocations.is_file() else pd.DataFrame(
+        columns=["what", "wall_s"])
+    wall = logged.groupby("what")["wall_s"].sum().to_dict()
+    wall[what] = wall.get(what, 0.0) + running_s
+    commands = {"ablation grid": "make results-ablation", "global-layer axis":
+                "make results-global"}
+    took = "; ".join(f"`{commands.get(k, k)}` ({k}) {v / 60:.1f} min"
+                     for k, v in sorted(wall.items()))
     table, _ = load_ablation(out_dir)
     rule = QualityRule.from_config(cfg)
     verdict = rule.judge(table["si_sdri_db"], table["steps"])
@@ -74,8 +85,8 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
         f"Base model `{cfg['ablation']['base_model']}` with each cell's overrides, one seed "
         f"({cfg['seed']}), {budget:g} G training MACs per cell (steps from the cell's own "
         "MACs), the recipe of reports/cpu/results.md; cost columns on "
-        f"{cfg['ablation']['cost_seconds']:g} s of audio, one thread. The invocations of "
-        f"`make results-ablation` took {wall_s / 60:.1f} min in all.", "",
+        f"{cfg['ablation']['cost_seconds']:g} s of audio, one thread. Wall time of all "
+        f"invocations: {took}.", "",
         f"Quality columns: **{status}** ({verdict.reason}); si_sdri_ci95 is the half-width of "
         "the 95% interval over the test utterances.", "",
         markdown_table(table, floatfmt=".4g") if len(table) else "no cells", "",

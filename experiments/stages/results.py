@@ -33,6 +33,9 @@ from experiments.atomic import write_text
 from experiments.config import load_profile
 from experiments.results.plan import Run, plan_runs, settings
 
+# `--ablation` choices -> what the invocation log calls them
+ABLATIONS = {"grid": "ablation grid", "global": "global-layer axis"}
+
 
 def _stage(args: list[str], log: Path) -> None:
     """`python -m experiments.stages.<args>`, output appended to `log`; raises on failure."""
@@ -59,11 +62,10 @@ def _one_run(run: Run, profile: str, params: str, complexity: Path) -> str:
     return f"[results] {run.name} done ({time.monotonic() - started:.0f} s)"
 
 
-def _ablation(cfg: dict, profile: str, params: str, out_dir: Path, runs_dir: Path,
+def _ablation(cells: list[dict], profile: str, params: str, out_dir: Path, runs_dir: Path,
               parallel: int) -> list[str]:
-    """Every grid cell not evaluated yet, `parallel` at a time; returns the failures."""
+    """Every cell not evaluated yet, `parallel` at a time; returns the failures."""
     from experiments.ablation.cell import cell_tag
-    from experiments.results.ablation import grid
 
     def one(cell: dict) -> str:
         tag = cell_tag(cell)
@@ -80,7 +82,7 @@ def _ablation(cfg: dict, profile: str, params: str, out_dir: Path, runs_dir: Pat
 
     failures = []
     with ThreadPoolExecutor(parallel) as pool:
-        for cell, future in [(c, pool.submit(one, c)) for c in grid(cfg)]:
+        for cell, future in [(c, pool.submit(one, c)) for c in cells]:
             try:
                 print(future.result(), flush=True)
             except RuntimeError as err:
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild the report from the runs done so far")
-    parser.add_argument("--ablation", action="store_true",
-                        help="run the S4M ablation grid on the results recipe instead")
+    parser.add_argument("--ablation", nargs="?", const="grid", choices=sorted(ABLATIONS),
+                        help="run an S4M ablation on the results recipe instead: the scales x "
+                             "d_state x ssm grid (default) or the global-layer axis")
     args = parser.parse_args(argv)
     started_at, started = time.time(), time.monotonic()
     profile = settings(load_profile(args.params))["profile"]
@@ -112,14 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan_runs(cfg)
     failures: list[str] = []
     if args.ablation:
-        from experiments.results.ablation import build_ablation_report
+        from experiments.results import ablation
 
+        what = ABLATIONS[args.ablation]
         if not args.report_only:
-            failures = _ablation(cfg, profile, args.params, out_dir,
+            cells = getattr(ablation, f"{args.ablation}_cells")(cfg)
+            failures = _ablation(cells, profile, args.params, out_dir,
                                  Path(results["runs_dir"]), results["parallel_runs"])
         log = out_dir / "ablation_invocations.csv"
-        print(build_ablation_report(cfg, out_dir, log, time.monotonic() - started))
-        _log_invocation(log, started_at, time.monotonic() - started, "ablation grid")
+        print(ablation.build_ablation_report(cfg, out_dir, log, what,
+                                             time.monotonic() - started))
+        _log_invocation(log, started_at, time.monotonic() - started, what)
     elif not args.report_only:
         complexity = out_dir / "complexity.csv"
         counted = [*results["models"], *(results.get("left_out") or {})]
