@@ -21,39 +21,40 @@ Under torch.compile the depthwise convs, gLN and pooling are written as elementw
 reductions instead (see `_compiling`), the same maths in a form the compiler fuses.
 
 `s4m.blocks` uses this path while `is_enabled()`; `enabled(False)` gives the reference path
-(plain torch modules) that the tests compare it with.
+(plain torch modules) that the tests compare it with and the MAC counters count. The choice is
+a context variable: it holds for the current thread (or asyncio task) only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .blocks import ConvNorm, Fusion
-
-_ENABLED = True
+_enabled: ContextVar[bool] = ContextVar("s4m_fused_enabled", default=True)
 
 
+# dynamo cannot trace ContextVar.get (a graph break per call): a compiled model keeps the path
+# selected when it was traced
+@torch.compiler.assume_constant_result
 def is_enabled() -> bool:
     """Whether `s4m.blocks` runs the fused path (the default)."""
-    return _ENABLED
+    return _enabled.get()
 
 
 @contextmanager
 def enabled(flag: bool) -> Iterator[None]:
     """Run the fused path (True) or the plain reference path (False) inside the block."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, flag
+    token = _enabled.set(flag)
     try:
         yield
     finally:
-        _ENABLED = previous
+        _enabled.reset(token)
 
 
 def _compiling() -> bool:
@@ -460,7 +461,28 @@ class GlobLNFn(torch.autograd.Function):
         return _owned(grad_q.transpose(1, 2)), grad_w, grad_gamma, grad_beta, None, None
 
 
-def _conv_norm(module: ConvNorm, x: Tensor, step: int) -> Tensor:
+class _GlobLN(Protocol):
+    gamma: Tensor
+    beta: Tensor
+    eps: float
+
+
+class _ConvNorm(Protocol):
+    """What `_conv_norm` reads of a `s4m.blocks.ConvNorm`."""
+
+    conv: nn.Conv1d
+    norm: _GlobLN
+
+
+class _Fusion(Protocol):
+    """What `fusion` reads of a `s4m.blocks.Fusion`."""
+
+    local_embedding: _ConvNorm
+    global_act: _ConvNorm
+    global_embedding: _ConvNorm
+
+
+def _conv_norm(module: _ConvNorm, x: Tensor, step: int) -> Tensor:
     """gLN(conv(x)) of a `s4m.blocks.ConvNorm` without activation, every step-th frame; a
     per-channel scale (a depthwise 1x1 conv) is folded into the gLN instead of applied."""
     conv, norm = module.conv, module.norm
@@ -469,7 +491,7 @@ def _conv_norm(module: ConvNorm, x: Tensor, step: int) -> Tensor:
     return glob_ln(conv1d(conv, x), norm.gamma, norm.beta, norm.eps, step)
 
 
-def fusion(module: Fusion, local: Tensor, glob: Tensor) -> Tensor:
+def fusion(module: _Fusion, local: Tensor, glob: Tensor) -> Tensor:
     """`module(local, glob)` (a `s4m.blocks.Fusion`) with the local gLN folded into a
     per-channel scale and shift from one statistics pass, so the full-rate work is one depthwise
     conv (kernel > 1) and one broadcast multiply-add; time-major out."""

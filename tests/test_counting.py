@@ -14,7 +14,7 @@ from experiments.complexity.counting import (
     einsum_macs,
     fft_macs,
 )
-from s4m import blocks
+from s4m import blocks, build_s4m, fused
 
 
 class FFTConv(nn.Module):
@@ -78,7 +78,7 @@ CASES = {
     "linear": (nn.Linear(8, 16), (1, 5, 8), 5 * 8 * 16),
     "conv": (nn.Conv1d(4, 6, 3, padding=1), (1, 4, 20), 6 * 4 * 3 * 20),
     "depthwise_conv": (nn.Conv1d(4, 4, 3, padding=1, groups=4), (1, 4, 20), 4 * 3 * 20),
-    # S4M's depthwise conv on its fused (time-major, custom-backward) path
+    # S4M's depthwise conv (its reference path is counted, fast path or not)
     "s4m_depthwise": (blocks.Conv1d(4, 4, 5, stride=2, padding=2, groups=4), (1, 4, 20),
                       4 * 5 * 10),
     "avg_pool": (nn.AvgPool1d(2), (1, 4, 20), 4 * 20),  # one add per input element
@@ -127,6 +127,20 @@ def test_unknown_ops_are_reported_not_guessed():
     assert any("det" in op for op in counts["ptflops"].uncounted)
 
 
+@pytest.mark.parametrize("name", ["s4m_tiny", "s4m"])
+def test_s4m_cost_does_not_depend_on_the_fast_path(name):
+    """Params and all four MAC totals are the same with s4m's CPU fast path on and off: the
+    counters count the model, not the kernels (the fast path folds gLNs into multiply-adds)."""
+    model, wav = build_s4m(name), torch.randn(1, 800)
+    costs = {}
+    for on in (True, False):
+        with fused.enabled(on):
+            counts = count_all(model, wav)
+            costs[on] = (sum(p.numel() for p in model.parameters()),
+                         {key: count.total for key, count in counts.items()})
+    assert costs[True] == costs[False]
+
+
 def test_counting_leaves_the_model_as_it_was():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
     model.train()
@@ -134,6 +148,7 @@ def test_counting_leaves_the_model_as_it_was():
     count_all(model, torch.randn(2, 4), ssm_scope=lambda m: isinstance(m, nn.Linear))
     assert model.training
     assert torch.backends.mha.get_fastpath_enabled() == fastpath
+    assert fused.is_enabled()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 

@@ -1,6 +1,10 @@
 """S4M model: configs, shapes, input checks, serialization, purity, checkpointing, param groups,
 the fused CPU path against the plain reference modules."""
 
+import ast
+import threading
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -342,3 +346,20 @@ def test_fused_model_matches_reference(name, overrides, compiler_form, monkeypat
     with torch.no_grad():
         _same(model(wav), ref[0])  # the fused path without autograd (plain aten ops)
     assert fused.is_enabled()
+
+
+def test_fast_path_choice_holds_for_the_current_thread_only():
+    seen = []
+    with fused.enabled(False):
+        other = threading.Thread(target=lambda: seen.append(fused.is_enabled()))
+        other.start()
+        other.join()
+        assert not fused.is_enabled()
+    assert seen == [True] and fused.is_enabled()
+
+
+def test_fused_does_not_import_blocks():
+    tree = ast.parse(Path(fused.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.split(".")[-1] == "blocks"], imported

@@ -371,12 +371,16 @@ def _ssm_names(model: nn.Module, scope: Callable[[nn.Module], bool]) -> set[str]
 
 @contextmanager
 def _counting_mode(model: nn.Module) -> Iterator[None]:
-    """Eval, no grad, and MHA's fused fast path off so attention shows as separate ops."""
+    """Eval, no grad, MHA's fused fast path off so attention shows as separate ops, and s4m's
+    CPU fast path off: a model's MACs are those of its reference modules, whichever kernels run
+    it elsewhere (the fast path folds gLNs into multiply-adds the counters would not see)."""
+    from s4m import fused
+
     was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     model.eval()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fused.enabled(False):
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
