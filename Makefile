@@ -37,7 +37,7 @@ lint: setup
 	@ruff check .
 
 bench: setup
-	@python tools/bench_s4m.py
+	@python -m experiments.stages.speed kernels
 
 # On a GPU machine: every model trained (fp32, bf16/fp16 autocast), evaluated and timed on CUDA.
 # Uses $(PYTHON) (default python3) and the wheels of tools/fetch_gpu_wheels.sh; see the README.

@@ -295,6 +295,6 @@ def test_goal_pair_is_timed_in_turn_in_one_process(kind):
              "sample_rate": 8000} for name, kwargs in
             (("a", TINY_CTN), ("b", {**TINY_CTN, "n_repeats": 2}))]
     result = speed.run_in_subprocess({"model": "a + b", "kind": kind, "pair": pair,
-                                      "settings": settings}, 300, speed.run_pair_worker)
+                                      "settings": settings}, 300, speed.run_in_turn_worker)
     assert result["kind"] == kind and list(result["times"]) == ["a", "b"]
     assert all(len(t) == 3 and min(t) > 0 for t in result["times"].values())

@@ -33,6 +33,7 @@ from unittest import mock
 import torch
 from torch import nn
 
+from experiments.benchmark import opcost
 from experiments.config import ConfigError, repo_defaults, require
 from experiments.env import cpu_has_bf16, resolve_device, runs_bf16
 
@@ -328,7 +329,8 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
     }
 
 
-def _load_factory(path: str) -> Callable[..., nn.Module]:
+def load_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable a worker spec's "factory" names ("package.module:callable")."""
     module, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"model factory {path!r}: expected 'package.module:callable'")
@@ -339,42 +341,59 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the model the spec names and benchmark it (the body of a worker process)."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)
-    model = _load_factory(spec["factory"])(**spec["kwargs"])
+    model = load_factory(spec["factory"])(**spec["kwargs"])
     return {"model": spec["model"],
             **benchmark_model(model, settings, spec["sample_rate"], spec.get("seed", 0))}
 
 
-def run_pair_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Two models' times in one process, timed in turn (a b, then b a, ...) for
-    `ratio_repeats` rounds after `warmup` calls each: spec["kind"] infer | compiled | train,
-    spec["pair"] the two models' specs. Returns {"kind", "times": {model: [s, ...]}}."""
+def run_in_turn_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Models' times in one process, timed in turn (a b, then b a, ...) for `ratio_repeats`
+    rounds after `warmup` calls each (at least one: it compiles): spec["kind"] infer | compiled |
+    train, spec["pair"] the models' specs (two for a goal pair, any number else). Optional:
+    spec["also_compiled"] (kind infer or train) also times each model's torch.compile'd copy
+    as "<model>+compile"; spec["profile"] (not train) torch.profiler's op kinds of every call
+    (`opcost.profile_calls`); spec["knockout"] N (kind infer) the first model's N costliest ops
+    made free (`opcost.knockout`). Returns {"kind", "times": {name: [s, ...]}, "first_call_s":
+    {name: s} (with compilation for compiled calls), "torch", "threads"} and "profile" /
+    "knockout" where asked."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device, DEVICE_SETTING)
     torch.manual_seed(spec.get("seed", 0))
-    calls = {}
+    kind, calls = spec["kind"], {}
     with empty_compiler_cache():
         for one in spec["pair"]:
-            model = _load_factory(one["factory"])(**one["kwargs"]).to(device).eval()
-            if spec["kind"] == "train":
-                calls[one["model"]] = train_step(model, settings, one["sample_rate"], device)
-                continue
-            run = torch.compile(model) if spec["kind"] == "compiled" else model
+            model = load_factory(one["factory"])(**one["kwargs"]).to(device).eval()
+            runs = {one["model"]: torch.compile(model) if kind == "compiled" else model}
+            if spec.get("also_compiled"):
+                runs[one["model"] + "+compile"] = torch.compile(model)  # shares the parameters
             wav = torch.randn(1, round(settings.infer_seconds * one["sample_rate"]),
                               device=device)
+            for name, run in runs.items():
+                if kind == "train":
+                    calls[name] = train_step(run, settings, one["sample_rate"], device)
+                    continue
 
-            def infer(run: Callable[..., Any] = run, wav: torch.Tensor = wav) -> None:
-                with torch.inference_mode():
-                    run(wav)
+                def infer(run: Callable[..., Any] = run, wav: torch.Tensor = wav) -> None:
+                    with torch.inference_mode():
+                        run(wav)
 
-            calls[one["model"]] = infer
-        for call in calls.values():  # compiles, for kind compiled
-            time_calls(call, max(settings.warmup, 1), 0, device)
+                calls[name] = infer
+        first = {name: time_calls(call, 0, 1, device)[0] for name, call in calls.items()}
+        for call in calls.values():
+            time_calls(call, settings.warmup - 1, 0, device)
         times: dict[str, list[float]] = {name: [] for name in calls}
         for i in range(settings.ratio_repeats):
             for name in list(calls)[:: 1 if i % 2 == 0 else -1]:
                 times[name] += time_calls(calls[name], 0, 1, device)
-    return {"kind": spec["kind"], "times": times}
+        out = {"kind": kind, "times": times, "first_call_s": first, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+        if spec.get("profile"):
+            out["profile"] = opcost.profile_calls(calls)
+        if spec.get("knockout"):
+            out["knockout"] = opcost.knockout(next(iter(calls.values())), spec["knockout"],
+                                              settings.ratio_repeats)
+    return out
 
 
 def run_length_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +403,7 @@ def run_length_worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device, DEVICE_SETTING)
     torch.manual_seed(spec.get("seed", 0))
-    model = _load_factory(spec["factory"])(**spec["kwargs"]).to(device).eval()
+    model = load_factory(spec["factory"])(**spec["kwargs"]).to(device).eval()
     rate, length = spec["sample_rate"], spec["length_s"]
     wav = torch.randn(1, round(length * rate), device=device)
     with torch.inference_mode():
@@ -475,10 +494,11 @@ def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
         if a in by_name and b in by_name and (kind != "compiled"
                                               or by_name[a]["settings"]["compile"]):
             print(f"[speed] {a} and {b} in turn, one process ({kind}) ...", flush=True)
-            pairs[kind] = run_in_subprocess(
+            result = run_in_subprocess(
                 {"model": f"{a} + {b}", "kind": kind, "pair": [by_name[a], by_name[b]],
                  "settings": by_name[a]["settings"], "seed": by_name[a].get("seed", 0)},
-                timeout_s, run_pair_worker)
+                timeout_s, run_in_turn_worker)
+            pairs[kind] = {"kind": kind, "times": result["times"]}
     return {"rows": rows, "timings": raw, "pairs": pairs,
             "summary": goal_ratios(rows, published, pairs)}
 
@@ -512,7 +532,7 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
                 pairs: dict[str, Any] | None = None) -> dict[str, Any]:
     """S4M-tiny against Sepformer (inference), Conv-TasNet (training step) and the released
     code's training-step memory, next to the same ratios measured for the released code. A
-    time ratio is "measured" from its goal pair (`run_pair_worker`'s medians) where `pairs`
+    time ratio is "measured" from its goal pair (`run_in_turn_worker`'s medians) where `pairs`
     has it, else from the rows; "separate_processes" is always the rows' ratio, and
     "round_range" the lowest and highest ratio of the pair's rounds (how far the machine's
     noise moves one round)."""
@@ -593,3 +613,28 @@ def format_goals(summary: dict[str, Any]) -> str:
             + (f"; released code {released:.2f}" if released else "")
         )
     return "\n".join(lines) or "goal ratios need s4m_tiny with sepformer / convtasnet"
+
+
+def format_in_turn(result: dict[str, Any], settings: SpeedSettings, sample_rate: int) -> str:
+    """`run_in_turn_worker`'s result: compile times, each call's median and min, the first
+    model's ratio to each other model (eager and compiled) and each model's compiled / eager."""
+    times = result["times"]
+    med = {name: statistics.median(t) for name, t in times.items()}
+    what = (f"training step, batch {settings.train_batch} x {settings.train_seconds:g} s"
+            if result["kind"] == "train" else f"inference {settings.infer_seconds:g} s")
+    lines = [f"{name.removesuffix('+compile')}: compile + first call {first:.1f} s"
+             for name, first in result["first_call_s"].items() if name.endswith("+compile")]
+    lines.append(f"torch {result['torch']}, {result['threads']} thread(s), {what} at "
+                 f"{sample_rate} Hz, median of {settings.ratio_repeats}, in turn")
+    lines += [f"{name:<22} median {med[name]:.3f} s  min {min(t):.3f} s"
+              for name, t in times.items()]
+    compiled = [name for name in times if name.endswith("+compile")]
+    first, *rest = (name for name in times if not name.endswith("+compile"))
+    for other in rest:
+        lines.append(f"ratio {first}/{other}: {med[first] / med[other]:.3f}")
+        if compiled:
+            lines.append(f"ratio compiled {first}/{other}: "
+                         f"{med[first + '+compile'] / med[other + '+compile']:.3f}")
+    lines += [f"{name.removesuffix('+compile')} compiled/eager: "
+              f"{med[name] / med[name.removesuffix('+compile')]:.3f}" for name in compiled]
+    return "\n".join(lines)
