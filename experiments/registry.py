@@ -9,6 +9,7 @@ sepformer checkpoint folders.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -163,6 +164,29 @@ def build_model(
                                          sample_rate=sample_rate, n_src=n_src, **arguments)
     model.registry_spec = dict(name=name, sample_rate=sample_rate, n_src=n_src, overrides=overrides)
     return model
+
+
+def export_ready(model: torch.nn.Module,
+                 max_seconds: float) -> tuple[torch.nn.Module, dict[str, int] | None]:
+    """`model` as graph exporters (torch.export, ONNX) should trace it, and its input framing.
+    S4M-family models: their SSM kernels frozen for inputs up to `max_seconds` (ONNX has no
+    complex types) inside `s4m.export.FramedS4M`, which takes the waveform zero-padded by the
+    caller (`frame_for_export` with the returned framing). Library baselines: the model itself
+    on raw waveforms, framing None."""
+    if type(model).__name__ == "S4M":  # s4m_tiny, s4m, tdanet and their variants
+        from s4m.export import FramedS4M, framing, with_frozen_kernels
+
+        frames = model.num_frames(math.ceil(max_seconds * model.sample_rate))
+        return FramedS4M(with_frozen_kernels(model, frames)).eval(), framing(model)
+    return model.eval(), None
+
+
+def frame_for_export(wav: torch.Tensor, framing: dict[str, int]) -> tuple[torch.Tensor, int]:
+    """(B, T) -> (the framed input of an `export_ready` S4M graph, where the T samples start in
+    its output)."""
+    from s4m.export import frame
+
+    return frame(wav, **framing)
 
 
 def _versions() -> dict[str, str]:

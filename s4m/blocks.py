@@ -200,7 +200,8 @@ class MultiScaleBlock(nn.Module):
 
     def kernel_ffts(self, length: int) -> dict[str, Tensor]:
         """Every S4 kernel for a full-rate input of `length` frames, built once per forward."""
-        length = int(length)  # a size read under torch.jit.trace is a 0-d tensor
+        if not torch.compiler.is_exporting():  # export keeps the length symbolic
+            length = int(length)  # a size read under torch.jit.trace is a 0-d tensor
         return {str(s): m.layer.kernel_fft(length >> s) for s, m in self.ssm_layers().items()}
 
     # torch.compile compiles one pass and reuses it for all of the model's passes (eager: no-op);

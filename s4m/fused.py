@@ -43,8 +43,9 @@ _enabled: ContextVar[bool] = ContextVar("s4m_fused_enabled", default=True)
 # selected when it was traced
 @torch.compiler.assume_constant_result
 def is_enabled() -> bool:
-    """Whether `s4m.blocks` runs the fused path (the default)."""
-    return _enabled.get()
+    """Whether `s4m.blocks` runs the fused path (the default; never under torch.export, whose
+    graphs are for other runtimes)."""
+    return _enabled.get() and not torch.compiler.is_exporting()
 
 
 @contextmanager

@@ -194,7 +194,11 @@ class DiagKernel(SSMKernel):
 
 
 def fft_len(length: int) -> int:
-    """Smallest 5-smooth size >= 2 * length: room for a two-sided kernel without wrap-around."""
+    """Smallest 5-smooth size >= 2 * length: room for a two-sided kernel without wrap-around.
+    Under torch.export exactly 2 * length, so that the exported graph keeps the length symbolic
+    (same result: the zero padding only changes the transform size)."""
+    if torch.compiler.is_exporting():
+        return 2 * length
     n = 2 * int(length)  # int(): under tracing `length` is a 0-d tensor, which `//=` would alias
     while True:
         rest = n

@@ -1,0 +1,1 @@
+"""Deployment: registry models exported to ONNX and run with ONNX Runtime (CPU)."""
