@@ -28,23 +28,22 @@ from baselines.asteroid_models import ConvTasNetModel, DPRNNTasNetModel, SuDORMR
 SPEECHBRAIN_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 
 
-def asteroid_model_class(model_name: str) -> type[BaseModel]:
-    """Class for an asteroid package's `model_name` (library names and S4M)."""
+def asteroid_model_class(model_name: str,
+                         extra: Mapping[str, type[BaseModel]] | None = None) -> type[BaseModel]:
+    """Class for an asteroid package's `model_name`: the library baselines, or one of `extra`
+    (other packages' models, e.g. the registry's S4M)."""
     classes: dict[str, type[BaseModel]] = {
         "ConvTasNet": ConvTasNetModel,
         "DPRNNTasNet": DPRNNTasNetModel,
         "SuDORMRFNet": SuDORMRFNetModel,
+        **(extra or {}),
     }
-    if model_name == "S4M":
-        from s4m import S4M
-
-        return S4M
     if model_name == "SepformerNet":
         from baselines.sepformer import SepformerNet
 
         return SepformerNet
     if model_name not in classes:
-        supported = [*classes, "S4M", "SepformerNet"]
+        supported = [*classes, "SepformerNet"]
         raise ValueError(f"unsupported model_name {model_name!r}; supported: {supported}")
     return classes[model_name]
 
@@ -73,15 +72,17 @@ def load_state(module: torch.nn.Module, state: Any, source: str | Path) -> None:
         raise ValueError(f"{source}: weights do not fit {type(module).__name__}: {err}") from err
 
 
-def build_from_package(package: Any, source: str | Path) -> BaseModel:
-    """Rebuild a model from an asteroid package dict (`model_name`, `model_args`, `state_dict`)."""
+def build_from_package(package: Any, source: str | Path,
+                       extra: Mapping[str, type[BaseModel]] | None = None) -> BaseModel:
+    """Rebuild a model from an asteroid package dict (`model_name`, `model_args`, `state_dict`);
+    `extra` adds model classes by name (see `asteroid_model_class`)."""
     if not isinstance(package, Mapping):
         raise ValueError(f"{source}: expected a model package dict, got {type(package).__name__}")
     missing = [k for k in ("model_name", "model_args", "state_dict") if k not in package]
     if missing:
         raise ValueError(f"{source}: not an asteroid model package (missing {missing})")
     try:
-        cls = asteroid_model_class(package["model_name"])
+        cls = asteroid_model_class(package["model_name"], extra)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
     try:
@@ -93,7 +94,8 @@ def build_from_package(package: Any, source: str | Path) -> BaseModel:
 
 
 def load_asteroid_model(path: str | Path) -> BaseModel:
-    """An asteroid-format model file -> the matching baseline (or S4M) with its weights."""
+    """An asteroid-format model file -> the matching baseline with its weights (the registry's
+    `load_model` also reads S4M files)."""
     return build_from_package(load_weights_file(path), path)
 
 

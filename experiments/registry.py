@@ -10,7 +10,8 @@ sepformer checkpoint folders.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -166,6 +167,33 @@ def build_model(
     return model
 
 
+def _project_classes() -> dict[str, type]:
+    """Model classes of this project's own library, by the name their packages record."""
+    from s4m import S4M
+
+    return {"S4M": S4M}
+
+
+def is_ssm_module(module: torch.nn.Module) -> bool:
+    """Whether `module` is a state-space layer or kernel generator of the S4M library (the MAC
+    counters' SSM scope); False without importing s4m for the library baselines."""
+    if not type(module).__module__.startswith("s4m."):
+        return False
+    from s4m import SSM_MODULES
+
+    return isinstance(module, SSM_MODULES)
+
+
+@contextmanager
+def reference_computation() -> Iterator[None]:
+    """Models run their reference modules inside (S4M: its CPU fast path off), so that what is
+    counted or exported is the model, not a kernel's layout."""
+    from s4m import fused
+
+    with fused.enabled(False):
+        yield
+
+
 def export_ready(model: torch.nn.Module,
                  max_seconds: float) -> tuple[torch.nn.Module, dict[str, int] | None]:
     """`model` as graph exporters (torch.export, ONNX) should trace it, and its input framing.
@@ -242,7 +270,7 @@ def load_model(path: str | Path) -> torch.nn.Module:
         return model
     package = load_weights_file(path)
     if not (isinstance(package, Mapping) and package.get("format") == PACKAGE_FORMAT):
-        model = build_from_package(package, path)
+        model = build_from_package(package, path, _project_classes())
         model.registry_spec = dict(name=_name_of(model), sample_rate=model.sample_rate,
                                    n_src=model.get_model_args().get("n_src"), overrides=None)
         return model
@@ -253,7 +281,7 @@ def load_model(path: str | Path) -> torch.nn.Module:
     if not isinstance(spec, Mapping) or not SPEC_KEYS <= set(spec):
         raise ValueError(f"{path}: registry spec missing or incomplete: {spec!r}")
     if spec["overrides"] is None:  # first loaded from a foreign file: rebuild from model_args
-        model = build_from_package(package, path)
+        model = build_from_package(package, path, _project_classes())
     else:
         try:
             model = build_model(

@@ -359,10 +359,11 @@ DISPATCH_COSTS = _cost_table(_DISPATCH_ONLY)  # keyed "name" for torch.ops.aten.
 
 
 def is_ssm_module(module: nn.Module) -> bool:
-    """Default SSM scope: s4m's `SSM_MODULES` (S4 layers and their kernel generators)."""
-    from s4m import SSM_MODULES  # here: counting the baselines needs no s4m
+    """Default SSM scope: the registry's state-space modules (s4m's S4/S4D layers, their kernel
+    generators and the selective SSM)."""
+    from experiments.registry import is_ssm_module as registered
 
-    return isinstance(module, SSM_MODULES)
+    return registered(module)
 
 
 def _ssm_names(model: nn.Module, scope: Callable[[nn.Module], bool]) -> set[str]:
@@ -374,13 +375,13 @@ def _counting_mode(model: nn.Module) -> Iterator[None]:
     """Eval, no grad, MHA's fused fast path off so attention shows as separate ops, and s4m's
     CPU fast path off: a model's MACs are those of its reference modules, whichever kernels run
     it elsewhere (the fast path folds gLNs into multiply-adds the counters would not see)."""
-    from s4m import fused
+    from experiments.registry import reference_computation
 
     was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     model.eval()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), fused.enabled(False):
+        with torch.no_grad(), reference_computation():
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
