@@ -1,15 +1,11 @@
-"""One ablation cell: `ablation.base_model` with the cell's constructor overrides (num_scales,
-d_state, ssm, and global_layer on the global-layer axis), its cost measured (params; MACs per
-second with fvcore and ptflops; inference and training-step time with one thread, all on
-`ablation.cost_seconds` of audio), then trained under the cell budget and evaluated. The
-evaluation summary records `cell` (the settings), `cost`, `budget` and `training` (steps, wall
-time, what stopped it): the report reads these, never the folder name.
+"""An ablation cell's parts: its tag (every axis in the output path), its cost (params; MACs
+per second with fvcore and ptflops; inference and training-step time with one thread, all on
+`ablation.cost_seconds` of audio) and its training budget. The ablate stage runs a cell.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +13,7 @@ import torch
 from experiments.benchmark.speed import SpeedSettings, benchmark_model
 from experiments.complexity.macs import measure
 from experiments.config import ConfigError, require
-from experiments.evaluation.evaluate import evaluate
-from experiments.training.budget import apply_budget, resolve_budget
-from experiments.training.trainer import train
+from experiments.training.budget import resolve_budget
 
 COST_KEYS = ("params_m", "macs_g_per_s_fvcore", "macs_g_per_s_ptflops",
              "naive_macs_g_per_s_fvcore", "naive_macs_g_per_s_ptflops")
@@ -66,28 +60,3 @@ def cell_budget(cfg: dict[str, Any], macs_g_per_s: float) -> dict[str, Any]:
     cfg["train"]["budget"] = {**cfg["train"]["budget"], "mode": "steps"}
     cfg["train"]["max_steps"] = steps
     return resolve_budget(cfg, macs_g_per_s)
-
-
-def run_cell(cfg: dict[str, Any], cell: dict[str, Any], runs_root: Path = Path("runs/ablation"),
-             reports_root: Path = Path("reports/ablation")) -> dict[str, Any]:
-    """Measures, trains and evaluates one cell; returns the evaluation summary."""
-    from experiments.registry import build_model
-
-    base = require(cfg, "ablation.base_model")
-    sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
-    seconds = require(cfg, "ablation.cost_seconds")
-    if not isinstance(seconds, int | float) or seconds <= 0:
-        raise ConfigError("params.yaml: ablation.cost_seconds must be a positive number")
-    tag = cell_tag(cell)
-    torch.manual_seed(seed)
-    print(f"[ablate] {tag}: measuring cost on {seconds:g} s ...", flush=True)
-    cost = measure_cost(build_model(base, sample_rate=sample_rate, **cell), float(seconds),
-                        sample_rate, seed)
-    budget = cell_budget(cfg, cost["macs_g_per_s_fvcore"])
-    print(f"[ablate] {tag}: budget {budget['mode']}, {budget['max_steps']} steps", flush=True)
-    metrics = train(apply_budget(cfg, budget), base, runs_root / tag, cell, budget)
-    training = {k: metrics.get(k) for k in ("steps", "epochs", "wall_time_s", "fit_time_s",
-                                           "stopped_by", "best_val_loss", "train_gmacs")}
-    return evaluate(cfg, runs_root / tag / "model.pt", tag, reports_root / tag,
-                    extra={"cell": {"base_model": base, **cell}, "cost": cost,
-                           "budget": budget, "training": training})

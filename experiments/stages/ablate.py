@@ -18,10 +18,41 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from experiments.ablation.cell import cell_tag, run_cell
-from experiments.config import load_profile
-from experiments.training.trainer import NonFiniteLossError
+import torch
+
+from experiments.ablation.cell import cell_budget, cell_tag, measure_cost
+from experiments.config import ConfigError, load_profile, require
+from experiments.evaluation.evaluate import evaluate
+from experiments.registry import build_model
+from experiments.training.budget import apply_budget
+from experiments.training.trainer import NonFiniteLossError, train
+
+
+def run_cell(cfg: dict[str, Any], cell: dict[str, Any], runs_root: Path = Path("runs/ablation"),
+             reports_root: Path = Path("reports/ablation")) -> dict[str, Any]:
+    """Measures, trains and evaluates one cell; returns the evaluation summary, which records
+    `cell` (the settings), `cost`, `budget` and `training` (steps, wall time, what stopped it):
+    the report reads these, never the folder name."""
+    base = require(cfg, "ablation.base_model")
+    sample_rate, seed = int(require(cfg, "data.sample_rate")), int(require(cfg, "seed"))
+    seconds = require(cfg, "ablation.cost_seconds")
+    if not isinstance(seconds, int | float) or seconds <= 0:
+        raise ConfigError("params.yaml: ablation.cost_seconds must be a positive number")
+    tag = cell_tag(cell)
+    torch.manual_seed(seed)
+    print(f"[ablate] {tag}: measuring cost on {seconds:g} s ...", flush=True)
+    cost = measure_cost(build_model(base, sample_rate=sample_rate, **cell), float(seconds),
+                        sample_rate, seed)
+    budget = cell_budget(cfg, cost["macs_g_per_s_fvcore"])
+    print(f"[ablate] {tag}: budget {budget['mode']}, {budget['max_steps']} steps", flush=True)
+    metrics = train(apply_budget(cfg, budget), base, runs_root / tag, cell, budget)
+    training = {k: metrics.get(k) for k in ("steps", "epochs", "wall_time_s", "fit_time_s",
+                                           "stopped_by", "best_val_loss", "train_gmacs")}
+    return evaluate(cfg, runs_root / tag / "model.pt", tag, reports_root / tag,
+                    extra={"cell": {"base_model": base, **cell}, "cost": cost,
+                           "budget": budget, "training": training})
 
 
 def main(argv: list[str] | None = None) -> int:
