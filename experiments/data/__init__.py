@@ -51,7 +51,8 @@ def make_dataset(data_cfg: dict[str, Any], split: str, segment: float | None,
         csv = folder / f"mixture_{name}_{TASKS[task]}.csv"
         if not csv.is_file():
             raise FileNotFoundError(f"{csv}: prepared {source} data for split {split!r}, task "
-                                    f"{task!r} not found; run `python -m experiments.stages.prepare`")
+                                    f"{task!r} not found; run "
+                                    "`python -m experiments.stages.prepare`")
         return LibriMix(str(absolute_csv_dir(out_dir, sample_rate, mode, name)), task=task,
                         sample_rate=sample_rate, n_src=2, segment=segment, return_id=return_id)
     if source == "wham":

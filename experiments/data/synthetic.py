@@ -19,8 +19,8 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import next_fast_len
 
-from experiments.data import librimix
 from experiments.atomic import write_text
+from experiments.data import librimix
 from experiments.data.audio import parallel_map, resample, write_audio
 
 ESPEAK_RATE = 22050

@@ -19,8 +19,8 @@ import pandas as pd
 import pyloudnorm as pyln
 import soundfile as sf
 
-from experiments.config import ConfigError
 from experiments.atomic import write_text
+from experiments.config import ConfigError
 from experiments.data.audio import check_audio, parallel_map, resample, write_audio
 
 NOISE_RATE = 16000
