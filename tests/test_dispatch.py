@@ -21,7 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODELS = ["s4m_tiny", "convtasnet"]
 CELL = "ablate@3-8-s4d"
-DISPATCHED = [*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), CELL]
+GLOBAL_CELL = "ablate_global@none"  # the global-layer axis, dispatched as an ablation cell
+DISPATCHED = [*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), CELL,
+              GLOBAL_CELL]
+ABLATIONS = ("ablate", "ablate_global")
 pytestmark = pytest.mark.slow  # real stage processes: 9 smoke stages, a minute each here
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
@@ -52,7 +55,8 @@ def grid_repo(tmp_path_factory, copy_project) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["models"] = MODELS
-    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"])
+    params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"], global_layers=["none"],
+                              global_at={"num_scales": 3, "d_state": 8})
     params["cluster"].update(cpus_per_task=1, mem_gb=2, array_parallelism=2, timeout_min=10,
                              stages={})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -82,7 +86,7 @@ def test_dry_run_prints_arrays_and_submits_nothing(grid_repo: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "train: job array of 2 task(s)" in run.stdout
     assert "evaluate: job array of 2 task(s)" in run.stdout
-    assert "ablate: job array of 1 task(s)" in run.stdout
+    assert "ablate: job array of 2 task(s)" in run.stdout
     cmd = "python -m experiments.stages.train --model convtasnet --out runs/convtasnet"
     assert cmd in run.stdout
     assert "#SBATCH --array=0-1%2" in run.stdout and "#SBATCH --partition=short" in run.stdout
@@ -123,7 +127,7 @@ def test_local_dispatch_kill_collect_and_rerun(grid_repo: Path) -> None:
     log_path = next(line.split(", log ")[1].split(",")[0] for line in out.splitlines()
                     if line.startswith("train@convtasnet: FAILED"))
     assert (grid_repo / log_path).is_file()
-    ok = ["train@s4m_tiny", "evaluate@s4m_tiny", CELL]
+    ok = ["train@s4m_tiny", "evaluate@s4m_tiny", CELL, GLOBAL_CELL]
     for name in ok:
         assert f"{name}: committed" in out
     assert _status(grid_repo, *ok) == {}
@@ -135,7 +139,7 @@ def test_local_dispatch_kill_collect_and_rerun(grid_repo: Path) -> None:
     submitted = {line.split()[1] for line in rerun.stdout.splitlines()
                  if line.strip().startswith("submitted ")}
     assert submitted == {"train@convtasnet", "evaluate@convtasnet"}
-    assert _status(grid_repo, "train", "evaluate", "ablate") == {}
+    assert _status(grid_repo, "train", "evaluate", *ABLATIONS) == {}
     assert json.loads((grid_repo / "reports/eval/convtasnet/summary.json").read_text())
 
     again = _dispatch(grid_repo, "--executor", "local")
@@ -147,7 +151,7 @@ def test_local_dispatch_kill_collect_and_rerun(grid_repo: Path) -> None:
 def dispatched_grid(grid_repo: Path) -> Path:
     """grid_repo with every dispatched stage done: by the local dispatch test when it ran
     first, otherwise by a local dispatch here, so that each later test also runs alone."""
-    if _status(grid_repo, "train", "evaluate", "ablate"):
+    if _status(grid_repo, "train", "evaluate", *ABLATIONS):
         run = _dispatch(grid_repo, "--executor", "local", "--wait", "--collect")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return grid_repo
@@ -175,7 +179,7 @@ def test_slurm_dispatch_job_arrays(dispatched_grid: Path) -> None:
     for model in MODELS:
         (grid_repo / f"runs/{model}/model.pt").unlink()
     pending = {*(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS)}
-    assert set(_status(grid_repo, "train", "evaluate", "ablate")) == pending
+    assert set(_status(grid_repo, "train", "evaluate", *ABLATIONS)) == pending
     started = time.monotonic()
     run = _dispatch(grid_repo, "--executor", "slurm", "--wait", "--collect")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -189,7 +193,7 @@ def test_slurm_dispatch_job_arrays(dispatched_grid: Path) -> None:
     assert sum("#SBATCH --array=0-1%2" in text for text in scripts) >= 2  # train, evaluate
     for model in MODELS:
         assert json.loads((grid_repo / f"runs/{model}/train_metrics.json").read_text())["resumed"]
-    assert _status(grid_repo, "train", "evaluate", "ablate") == {}
+    assert _status(grid_repo, "train", "evaluate", *ABLATIONS) == {}
     print(f"slurm dispatch test: {time.monotonic() - started:.0f} s")
 
 
@@ -218,7 +222,7 @@ def test_remote_push_pull_shares_cached_results(dispatched_grid: Path, tmp_path:
         rel = f"runs/{model}/model.pt"
         assert (clone / rel).read_bytes() == (grid_repo / rel).read_bytes()
     # every output of the dispatched stages is in git or in the remote: nothing to rerun
-    assert _status(clone, "prepare", "train", "evaluate", "ablate") == {}
+    assert _status(clone, "prepare", "train", "evaluate", *ABLATIONS) == {}
     for model in MODELS:
         rel = f"reports/eval/{model}/summary.json"
         assert (clone / rel).read_text() == (grid_repo / rel).read_text()

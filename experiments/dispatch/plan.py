@@ -11,6 +11,7 @@ import networkx as nx
 from dvc.repo import Repo
 
 KINDS = ("train", "evaluate", "ablate")  # stage groups that dispatch sends to the cluster
+GROUPED = {"ablate_global": "ablate"}  # dvc.yaml stages dispatched as another kind's cells
 
 
 class PlanError(RuntimeError):
@@ -31,8 +32,10 @@ class StageSpec:
 
 
 def kind_of(name: str) -> str:
-    """`train@s4m_tiny` -> `train` (the dvc.yaml stage a matrix entry belongs to)."""
-    return name.rpartition(":")[2].partition("@")[0]
+    """`train@s4m_tiny` -> `train` (the dvc.yaml stage a matrix entry belongs to);
+    `ablate_global@s6` -> `ablate` (the global-layer axis runs as ablation cells)."""
+    stage = name.rpartition(":")[2].partition("@")[0]
+    return GROUPED.get(stage, stage)
 
 
 def _spec(stage, graph: nx.DiGraph) -> StageSpec:
