@@ -227,3 +227,23 @@ def test_readme_states_the_committed_finding() -> None:
     finding = json.loads((REPO / "reports/cpu/summary.json").read_text())["finding"]
     readme = " ".join((REPO / "README.md").read_text().split())
     assert " ".join(finding.split()) in readme
+
+
+def test_a_stopped_invocation_logs_its_wall_time(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C or SIGTERM: the time so far is logged as an invocation, exit status 130."""
+    from experiments.stages import results as stage
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["results"]["out_dir"] = str(tmp_path / "out")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def stopped(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "_run", stopped)
+    assert stage.main(["--params", str(tmp_path / "params.yaml")]) == 130
+    assert stage.main(["--params", str(tmp_path / "params.yaml"), "--ablation", "global"]) == 130
+    assert pd.read_csv(tmp_path / "out/invocations.csv")["what"].tolist() == [
+        "runs (interrupted)"]
+    assert pd.read_csv(tmp_path / "out/ablation_invocations.csv")["what"].tolist() == [
+        "global-layer axis"]

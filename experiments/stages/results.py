@@ -21,6 +21,7 @@ resumes from its last checkpoint. Each invocation's wall time is appended to
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -82,11 +83,15 @@ def _ablation(cells: list[dict], profile: str, params: str, out_dir: Path, runs_
 
     failures = []
     with ThreadPoolExecutor(parallel) as pool:
-        for cell, future in [(c, pool.submit(one, c)) for c in cells]:
-            try:
-                print(future.result(), flush=True)
-            except RuntimeError as err:
-                failures.append(f"{cell_tag(cell)}: {err}")
+        try:
+            for cell, future in [(c, pool.submit(one, c)) for c in cells]:
+                try:
+                    print(future.result(), flush=True)
+                except RuntimeError as err:
+                    failures.append(f"{cell_tag(cell)}: {err}")
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)  # start no further cell
+            raise
     return failures
 
 
@@ -107,6 +112,28 @@ def main(argv: list[str] | None = None) -> int:
                              "d_state x ssm grid (default) or the global-layer axis")
     args = parser.parse_args(argv)
     started_at, started = time.time(), time.monotonic()
+    # stopped (Ctrl-C, SIGTERM to the process group): the time so far is logged as an
+    # invocation of its own, so that the totals stay the sum of every invocation's wall time
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args, started_at, started)
+    except KeyboardInterrupt:
+        cfg = load_profile(args.params, settings(load_profile(args.params))["profile"])
+        out_dir = Path(settings(cfg)["out_dir"])
+        log = out_dir / ("ablation_invocations.csv" if args.ablation else "invocations.csv")
+        what = ABLATIONS[args.ablation] if args.ablation else "runs (interrupted)"
+        _log_invocation(log, started_at, time.monotonic() - started, what)
+        print("[results] stopped; run the same command again to continue", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
     profile = settings(load_profile(args.params))["profile"]
     cfg = load_profile(args.params, profile)  # `results` is top-level: every profile has it
     results = settings(cfg)
@@ -140,12 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(results["parallel_runs"]) as pool:
             futures = {pool.submit(_one_run, run, profile, args.params, complexity): run
                        for run in todo}
-            for future, run in futures.items():
-                try:
-                    print(future.result(), flush=True)
-                except RuntimeError as err:
-                    failures.append(f"{run.name}: {err}")
-                    print(f"[results] {run.name}: {err}", file=sys.stderr, flush=True)
+            try:
+                for future, run in futures.items():
+                    try:
+                        print(future.result(), flush=True)
+                    except RuntimeError as err:
+                        failures.append(f"{run.name}: {err}")
+                        print(f"[results] {run.name}: {err}", file=sys.stderr, flush=True)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+                raise
     if not args.ablation:
         from experiments.results.report import build_report
 
