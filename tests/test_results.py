@@ -234,7 +234,7 @@ def test_a_stopped_invocation_logs_its_wall_time(tmp_path: Path, monkeypatch) ->
     from experiments.stages import results as stage
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["results"]["out_dir"] = str(tmp_path / "out")
+    params["results"].update(out_dir=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     def stopped(*_: object) -> int:
@@ -245,5 +245,7 @@ def test_a_stopped_invocation_logs_its_wall_time(tmp_path: Path, monkeypatch) ->
     assert stage.main(["--params", str(tmp_path / "params.yaml"), "--ablation", "global"]) == 130
     assert pd.read_csv(tmp_path / "out/invocations.csv")["what"].tolist() == [
         "runs (interrupted)"]
+    assert (tmp_path / "runs/invocations.csv").read_text() == (
+        tmp_path / "out/invocations.csv").read_text()
     assert pd.read_csv(tmp_path / "out/ablation_invocations.csv")["what"].tolist() == [
         "global-layer axis"]

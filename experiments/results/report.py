@@ -22,7 +22,7 @@ from experiments.env import environment, environment_markdown
 from experiments.registry import SCALES, load_model
 from experiments.reporting.report import NOT_A_RESULT, QualityRule, markdown_table
 from experiments.results import figures
-from experiments.results.plan import Run
+from experiments.results.plan import Run, settings
 from experiments.results.stats import finding, model_table, paired_comparisons, time_to
 
 THRESHOLDS = [5.0, 10.0]
@@ -192,7 +192,7 @@ def build_report(cfg: dict[str, Any], runs: list[Run], running_s: float = 0.0) -
     write_text(out_dir / "time_to.csv", reached.to_csv(index=False, float_format="%.4g"))
     write_text(out_dir / "curves.csv", curves.to_csv(index=False, float_format="%.4g"))
 
-    invocations = out_dir / "invocations.csv"
+    invocations = Path(settings(cfg)["runs_dir"]) / "invocations.csv"  # these runs' own log
     wall_total = running_s + (
         float(pd.read_csv(invocations)["wall_s"].sum()) if invocations.is_file() else 0.0)
     left_out = left_out_table(cfg, complexity)

@@ -10,12 +10,14 @@
    into `<out_dir>/eval/<model>/seed<k>`); each process's output goes to its run folder's
    `train.log` / `evaluate.log`;
 3. the report (experiments.results.report): tables, statistics, curves, listening examples.
-With `--ablation` (`make results-ablation`) it runs the S4M ablation grid instead, on the same
-recipe: every cell of params.yaml `ablation` by the ablate stage, `results.parallel_runs` at a
-time, then `<out_dir>/ablation.md`, `ablation.csv` and `figures/ablation_heatmap.png`.
+With `--ablation [grid|global]` (`make results-ablation`, `make results-global`) it runs an S4M
+ablation instead, on the same recipe: the scales x d_state x ssm cells of params.yaml `ablation`
+or its global-layer axis, by the ablate stage, `results.parallel_runs` at a time, then
+`<out_dir>/ablation.md`, `ablation.csv` and the figures.
 Run it again after an interruption: finished runs are skipped and an interrupted training
 resumes from its last checkpoint. Each invocation's wall time is appended to
-`<out_dir>/invocations.csv` (`ablation_invocations.csv` for the grid).
+`<runs_dir>/invocations.csv` (`ablation_invocations.csv` for the ablations), copied into
+`<out_dir>`.
 """
 
 from __future__ import annotations
@@ -95,11 +97,15 @@ def _ablation(cells: list[dict], profile: str, params: str, out_dir: Path, runs_
     return failures
 
 
-def _log_invocation(path: Path, started: float, wall: float, what: str) -> None:
-    rows = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+def _log_invocation(log: Path, out_dir: Path, started: float, wall: float, what: str) -> None:
+    """Appends to `log`, in the runs folder (the log belongs to those runs: a fresh clone's
+    runs start a new one), and copies it into the reports folder `out_dir`."""
+    rows = pd.read_csv(log) if log.is_file() else pd.DataFrame()
     row = pd.DataFrame([{"started_utc": pd.Timestamp(started, unit="s").isoformat(),
                          "wall_s": round(wall, 1), "what": what}])
-    write_text(path, pd.concat([rows, row]).to_csv(index=False))
+    text = pd.concat([rows, row]).to_csv(index=False)
+    write_text(log, text)
+    write_text(out_dir / log.name, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, started_at, started)
     except KeyboardInterrupt:
-        cfg = load_profile(args.params, settings(load_profile(args.params))["profile"])
-        out_dir = Path(settings(cfg)["out_dir"])
-        log = out_dir / ("ablation_invocations.csv" if args.ablation else "invocations.csv")
+        profile = settings(load_profile(args.params))["profile"]
+        results = settings(load_profile(args.params, profile))
+        log = Path(results["runs_dir"]) / ("ablation_invocations.csv" if args.ablation
+                                           else "invocations.csv")
         what = ABLATIONS[args.ablation] if args.ablation else "runs (interrupted)"
-        _log_invocation(log, started_at, time.monotonic() - started, what)
+        _log_invocation(log, Path(results["out_dir"]), started_at, time.monotonic() - started,
+                        what)
         print("[results] stopped; run the same command again to continue", file=sys.stderr)
         return 130
     finally:
@@ -149,10 +157,10 @@ def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
             cells = getattr(ablation, f"{args.ablation}_cells")(cfg)
             failures = _ablation(cells, profile, args.params, out_dir,
                                  Path(results["runs_dir"]), results["parallel_runs"])
-        log = out_dir / "ablation_invocations.csv"
+        log = Path(results["runs_dir"]) / "ablation_invocations.csv"
         print(ablation.build_ablation_report(cfg, out_dir, log, what,
                                              time.monotonic() - started))
-        _log_invocation(log, started_at, time.monotonic() - started, what)
+        _log_invocation(log, out_dir, started_at, time.monotonic() - started, what)
     elif not args.report_only:
         complexity = out_dir / "complexity.csv"
         counted = [*results["models"], *(results.get("left_out") or {})]
@@ -182,7 +190,8 @@ def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
 
         what = "report only" if args.report_only else f"{len(runs)} runs + report"
         summary = build_report(cfg, runs, running_s=time.monotonic() - started)
-        _log_invocation(out_dir / "invocations.csv", started_at, time.monotonic() - started,
+        _log_invocation(Path(results["runs_dir"]) / "invocations.csv", out_dir, started_at,
+                        time.monotonic() - started,
                         what)
         print(summary)
     if failures:
