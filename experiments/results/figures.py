@@ -115,6 +115,7 @@ def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path) -> 
                             xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel(quality_label if has_quality else "MACs (G per second of audio, fvcore)")
+        ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("S4M's global layer: quality against cost" if has_quality else
