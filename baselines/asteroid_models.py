@@ -9,11 +9,13 @@ then trims the estimates back to the input's length.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from asteroid.masknn.norms import GlobLN
 from asteroid.models import ConvTasNet, DPRNNTasNet, SuDORMRFNet
 
 # asteroid egs/librimix/ConvTasNet/local/conf.yml: the paper's best non-causal setting
@@ -107,3 +109,19 @@ class SuDORMRFNetModel(_WholeLength, SuDORMRFNet):
         x, was_1d = as_batch(wav)
         est = SuDORMRFNet.forward(self, x)[..., : x.shape[-1]]
         return est[0] if was_1d else est
+
+
+def with_group_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose asteroid gLN layers are torch's `GroupNorm(1, C)` with the same
+    gain, bias and eps: the same function (mean and biased variance over every non-batch dim,
+    then a per-channel affine), with static reduction dims. asteroid's `GlobLN` takes its dims
+    from `torch.arange(...).tolist()`, a data-dependent value that torch.export cannot trace."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, GlobLN):
+            norm = torch.nn.GroupNorm(1, module.channel_size, eps=1e-8)  # GlobLN's EPS
+            with torch.no_grad():
+                norm.weight.copy_(module.gamma)
+                norm.bias.copy_(module.beta)
+            model.set_submodule(name, norm)
+    return model

@@ -199,14 +199,17 @@ def export_ready(model: torch.nn.Module,
     """`model` as graph exporters (torch.export, ONNX) should trace it, and its input framing.
     S4M-family models: their SSM kernels frozen for inputs up to `max_seconds` (ONNX has no
     complex types) inside `s4m.export.FramedS4M`, which takes the waveform zero-padded by the
-    caller (`frame_for_export` with the returned framing). Library baselines: the model itself
-    on raw waveforms, framing None."""
+    caller (`frame_for_export` with the returned framing). asteroid baselines: a copy whose
+    gLN layers are the equivalent `GroupNorm` (`baselines.asteroid_models.with_group_norms`),
+    on raw waveforms, framing None; others: the model itself."""
     if type(model).__name__ == "S4M":  # s4m_tiny, s4m, tdanet and their variants
         from s4m.export import FramedS4M, framing, with_frozen_kernels
 
         frames = model.num_frames(math.ceil(max_seconds * model.sample_rate))
         return FramedS4M(with_frozen_kernels(model, frames)).eval(), framing(model)
-    return model.eval(), None
+    from baselines.asteroid_models import with_group_norms
+
+    return with_group_norms(model).eval(), None
 
 
 def frame_for_export(wav: torch.Tensor, framing: dict[str, int]) -> tuple[torch.Tensor, int]:

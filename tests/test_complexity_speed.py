@@ -16,10 +16,11 @@ from torch import nn
 import experiments.env
 from experiments import atomic
 from experiments.benchmark import speed
+from experiments.benchmark.onnxrt import onnx_inference
 from experiments.complexity import macs as complexity
 from experiments.config import ConfigError
 from experiments.published import load_published
-from experiments.registry import REGISTRY
+from experiments.registry import REGISTRY, build_model
 from experiments.stages import complexity as complexity_stage
 
 TINY_CTN = dict(n_src=2, n_filters=16, kernel_size=16, stride=8, n_blocks=1, n_repeats=1,
@@ -143,7 +144,7 @@ def test_bf16_auto_times_bf16_only_where_it_is_native(monkeypatch):
 TINY_SETTINGS = speed.SpeedSettings.defaults(device="cpu", threads=1, infer_seconds=0.1,
                                              warmup=1, repeats=2, train_batch=2,
                                              train_seconds=0.1, train_repeats=2, compile=False,
-                                             bf16=False)
+                                             bf16=False, onnx=False)
 
 
 def test_benchmark_model_in_process():
@@ -165,6 +166,29 @@ def test_compiled_and_bf16_inference_are_measured_beside_eager():
     assert result["infer_s_bf16"] > 0 and result["bf16_native"] in (True, False)
     # the FFT convolution follows autocast's fp32 list: bf16 leaves its output (almost) alone
     assert result["bf16_vs_fp32_sisdr_db"] > 40
+
+
+def test_onnx_runtime_is_timed_beside_eager_or_reports_the_blocker():
+    settings = speed.SpeedSettings(**{**vars(TINY_SETTINGS), "onnx": True, "infer_seconds": 0.5,
+                                      "repeats": 1, "train_repeats": 1})
+    torch.manual_seed(0)
+    tiny = build_model("s4m_tiny", **REGISTRY["s4m_tiny"].tiny)
+    result = speed.benchmark_model(tiny, settings, sample_rate=8000)
+    assert result["onnx_error"] == "", result["onnx_error"]
+    assert result["infer_s_onnx"] > 0 and result["infer_s_onnx_int8"] > 0
+    assert result["onnx_vs_eager_sisdr_db"] >= 60
+    assert 0 < result["onnx_int8_vs_fp32_sisdr_db"] < result["onnx_vs_eager_sisdr_db"]
+    assert set(speed.COLUMNS) >= {"infer_s_onnx", "onnx_error"}
+
+    class DataDependent(nn.Module):  # reduction dims from a tensor's values, as asteroid's gLN
+        sample_rate = 8000
+
+        def forward(self, wav: torch.Tensor) -> torch.Tensor:
+            wav = wav - wav.mean(dim=torch.arange(1, wav.ndim).tolist(), keepdim=True)
+            return torch.stack([wav, -wav], 1)
+
+    result = onnx_inference(DataDependent(), torch.randn(1, 4000), 8000, 1, 0, 1)
+    assert "data-dependent" in result["onnx_error"] and "infer_s_onnx" not in result
 
 
 class GraphBreak(nn.Module):
@@ -286,6 +310,13 @@ def test_goal_ratios():
     assert train["method"] == "one process, in turn"
     assert goals["infer_s4m_tiny_over_sepformer"]["method"] == "separate processes"
     assert "rounds 0.90-4.09, separate processes 1.500" in speed.format_goals(goals)
+    # deployed: each model's fastest float32 path whose output keeps the export parity
+    assert "deployed_s4m_tiny_over_sepformer" not in goals  # speed.onnx off
+    rows[0].update(infer_s_onnx=0.3, onnx_vs_eager_sisdr_db=95.0, compiled_vs_eager_sisdr_db=90.0)
+    rows[1].update(infer_s_onnx=None, compiled_vs_eager_sisdr_db=30.0)  # compiled: not the model
+    deployed = speed.goal_ratios(rows, load_published())["deployed_s4m_tiny_over_sepformer"]
+    assert (deployed["s4m_tiny_path"], deployed["sepformer_path"]) == ("onnx fp32", "eager")
+    assert deployed["measured"] == pytest.approx(0.3 / 5.0) and deployed["met"]
 
 
 @pytest.mark.parametrize("kind", ["infer", "train", "compiled"])

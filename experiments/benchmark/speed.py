@@ -11,17 +11,12 @@ memory allocated before the calls.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib
 import math
 import multiprocessing
 import os
-import re
-import resource
 import statistics
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -34,12 +29,14 @@ import torch
 from torch import nn
 
 from experiments.benchmark import opcost
+from experiments.benchmark.onnxrt import ONNX_COLUMNS, onnx_inference
+from experiments.benchmark.timing import PeakMemory, time_calls
 from experiments.config import ConfigError, repo_defaults, require
+from experiments.deploy.onnx import PARITY_DB
 from experiments.env import cpu_has_bf16, resolve_device, runs_bf16
 
 REGISTRY_FACTORY = "experiments.registry:build_model"
 DEVICE_SETTING = "params.yaml: `speed.device`"
-MIB = 2**20
 # speed_vs_length.csv; status: ok | too_slow (past speed.length_timeout_s, or slower than that
 # at a shorter length) | died (the process was killed: out of memory, a signal)
 LENGTH_COLUMNS = ("model", "length_s", "status", "infer_s", "rtf", "peak_mem_mb", "device",
@@ -58,7 +55,7 @@ COLUMNS = (
     "model", "device", "threads", "params_m", "infer_seconds", "infer_s_median", "infer_s_min",
     "infer_s_max", "rtf", "infer_peak_mem_mb", "train_batch", "train_seconds", "train_step_s",
     "train_step_s_min", "train_step_s_max", "peak_mem_mb", "warmup", "repeats", "train_repeats",
-    "mem_method", *COMPILED_COLUMNS, *BF16_COLUMNS,
+    "mem_method", *COMPILED_COLUMNS, *BF16_COLUMNS, *ONNX_COLUMNS,
 )
 
 # The issue's goals for S4M-tiny, checked by this benchmark (not by a timed test).
@@ -92,6 +89,7 @@ class SpeedSettings:
     length_timeout_s: float
     compile: bool
     bf16: bool | str  # true | false | auto (where bf16 is native)
+    onnx: bool  # ONNX Runtime float32 and int8 beside eager (CPU devices only)
 
     @classmethod
     def defaults(cls, **changes: Any) -> SpeedSettings:
@@ -128,9 +126,14 @@ class SpeedSettings:
         for name in ("infer_seconds", "train_seconds", "timeout_s", "length_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"params.yaml: `speed.{name}` must be positive")
-        if not isinstance(self.compile, bool):
-            raise ConfigError("params.yaml: `speed.compile` must be true or false")
+        for name in ("compile", "onnx"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"params.yaml: `speed.{name}` must be true or false")
         runs_bf16(self.bf16, "speed.bf16")
+
+    def runs_onnx(self, device: torch.device) -> bool:
+        """Whether ONNX Runtime is timed: `speed.onnx` on a CPU device (its CPU provider)."""
+        return self.onnx and device.type == "cpu"
 
     def runs_bf16(self, device: torch.device) -> bool:
         """Whether bf16 inference is timed (`bf16: auto`: where bf16 is native)."""
@@ -138,84 +141,6 @@ class SpeedSettings:
 
 
 # ---- measuring, inside the worker --------------------------------------------------------------
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
-def _release_free_heap() -> None:
-    """glibc's malloc_trim(0): return free heap pages, also those inside the heap, to the
-    system; other C libraries go without."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak memory above the level at entry, in MiB (`.mib` after the block).
-
-    CPU: the resident set's high-water mark, reset on entry where Linux allows it
-    ("hwm_reset"); elsewhere the process's lifetime peak (ru_maxrss), which is exact only for
-    the first, largest measurement ("ru_maxrss"). On entry the C allocator hands its free pages
-    back to the system: memory freed earlier but still resident would otherwise be reused
-    without raising the resident set, and the block's own allocations would go unseen.
-    CUDA: max_memory_allocated.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device, self.mib, self.method = device, float("nan"), ""
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "cuda_max_allocated"
-            return self
-        _release_free_heap()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            self.method = "hwm_reset"
-            self._base = _proc_status_kib("VmRSS") * 1024
-        except OSError:
-            self.method = "ru_maxrss"
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "hwm_reset":
-            peak = _proc_status_kib("VmHWM") * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.mib = max(peak - self._base, 0) / MIB
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, repeats: int,
-               device: torch.device) -> list[float]:
-    """Seconds per call after `warmup` untimed calls; CUDA events on a GPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def bf16_inference(model: nn.Module, wav: torch.Tensor, settings: SpeedSettings,
@@ -305,7 +230,9 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
         infer = time_calls(lambda: model(wav), settings.warmup, settings.repeats, device)
     modes = {**(bf16_inference(model, wav, settings, device) if settings.runs_bf16(device)
                 else {}),
-             **(compiled_inference(model, wav, settings, device) if settings.compile else {})}
+             **(compiled_inference(model, wav, settings, device) if settings.compile else {}),
+             **(onnx_inference(model, wav, sample_rate, settings.threads, settings.warmup,
+                               settings.repeats) if settings.runs_onnx(device) else {})}
     step = train_step(model, settings, sample_rate, device)
     with PeakMemory(device) as train_mem:
         train = time_calls(step, settings.warmup, settings.train_repeats, device)
@@ -566,6 +493,14 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
         if all(map(_finite, compiled)):
             out["infer_compiled_s4m_tiny_over_sepformer"] = time_goal(
                 "compiled", compiled[0] / compiled[1], GOAL_INFER_VS_SEPFORMER)
+    if "sepformer" in by and any(_finite(row.get("infer_s_onnx")) for row in (tiny,
+                                                                             by["sepformer"])):
+        paths = [deployed_path(row) for row in (tiny, by["sepformer"])]
+        out["deployed_s4m_tiny_over_sepformer"] = {
+            "measured": paths[0][1] / paths[1][1], "goal_max": GOAL_INFER_VS_SEPFORMER,
+            "method": "separate processes, each model's fastest path that keeps its quality",
+            "s4m_tiny_path": paths[0][0], "sepformer_path": paths[1][0],
+            "int8": "not a candidate: its SI-SDRi cost needs trained weights (export stage)"}
     if _finite(tiny.get("infer_s_compiled")):
         out["infer_compiled_over_eager_s4m_tiny"] = {
             "measured": tiny["infer_s_compiled"] / tiny["infer_s_median"],
@@ -590,6 +525,18 @@ def goal_ratios(rows: list[dict[str, Any]], published: dict[str, Any],
     return out
 
 
+def deployed_path(row: dict[str, Any]) -> tuple[str, float]:
+    """A speed row's fastest float32 inference path whose output matches eager's to the export
+    parity (PARITY_DB): eager, torch.compile or ONNX Runtime -> (path, seconds)."""
+    paths = {"eager": row["infer_s_median"]}
+    for path, time_column, agreement in (("compiled", "infer_s_compiled",
+                                          "compiled_vs_eager_sisdr_db"),
+                                         ("onnx fp32", "infer_s_onnx", "onnx_vs_eager_sisdr_db")):
+        if _finite(row.get(time_column)) and (row.get(agreement) or 0) >= PARITY_DB:
+            paths[path] = row[time_column]
+    return min(paths.items(), key=lambda item: item[1])
+
+
 def _finite(t: Any) -> bool:
     """Whether t is a measured time (a compiled time is NaN or missing where compiling failed)."""
     return isinstance(t, float) and math.isfinite(t)
@@ -611,6 +558,8 @@ def format_goals(summary: dict[str, Any]) -> str:
                f"separate processes {goal['separate_processes']:.3f})"
                if method == "one process, in turn" else ")")
             + (f"; released code {released:.2f}" if released else "")
+            + (f"; paths: s4m_tiny {goal['s4m_tiny_path']}, sepformer {goal['sepformer_path']}"
+               if "s4m_tiny_path" in goal else "")
         )
     return "\n".join(lines) or "goal ratios need s4m_tiny with sepformer / convtasnet"
 

@@ -22,6 +22,8 @@ from experiments.registry import export_ready, frame_for_export
 
 OPSET = 18
 MAX_BATCH = 64
+# A runtime's float32 output counts as the model's own at this SI-SDR against eager PyTorch's
+PARITY_DB = 60.0
 
 
 def blocker(err: BaseException) -> str:
@@ -42,7 +44,8 @@ def export_onnx(model: torch.nn.Module, path: Path, max_seconds: float,
 
     sample_rate = model.sample_rate
     ready, framing = export_ready(model, max_seconds)
-    example = torch.randn(2, math.ceil(example_seconds * sample_rate))  # 2: a size of 1 is fixed
+    example = torch.randn(2, math.ceil(min(example_seconds, max_seconds) * sample_rate))  # 2: a
+    # size of 1 would be fixed
     longest = math.ceil(max_seconds * sample_rate)
     if framing:
         example, _ = frame_for_export(example, framing)
@@ -58,12 +61,13 @@ def export_onnx(model: torch.nn.Module, path: Path, max_seconds: float,
             program = torch.onnx.export(ready, (example,), dynamo=True, dynamic_shapes=dims,
                                         opset_version=OPSET, verbose=False)
         graph = program.model_proto
-        fixed = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim
-                 if not d.dim_param]
+        shape = graph.graph.input[0].type.tensor_type.shape.dim
+        fixed = [f"{name} {d.dim_value}" for name, d in zip(("batch", "length"), shape,
+                                                           strict=True) if not d.dim_param]
         if fixed:  # the exporter fell back to the example's sizes
             return {"exported": False,
-                    "blocker": f"exported with fixed input sizes {fixed} (batch and length "
-                               "are not symbolic in the library's code)"}
+                    "blocker": f"exported with fixed input sizes ({', '.join(fixed)}): the "
+                               "model's code computes them as Python numbers"}
         meta = {"sample_rate": sample_rate, "max_seconds": max_seconds, **(framing or {})}
         onnx.helper.set_model_props(graph, {k: str(v) for k, v in meta.items()})
         with atomic_path(path) as tmp:
@@ -95,6 +99,29 @@ def separate(sess, wav: torch.Tensor) -> torch.Tensor:
         wav, start = frame_for_export(wav, framing)
     feed = {sess.get_inputs()[0].name: wav.detach().float().numpy()}
     return torch.from_numpy(np.asarray(sess.run(None, feed)[0]))[..., start:start + length]
+
+
+class OnnxSeparator:
+    """An `export_onnx` file as a separation model for `experiments.separation`: called on (B, T)
+    float waveforms at `sample_rate` Hz, up to `max_seconds` long, returns (B, n_src, T) through
+    ONNX Runtime on the CPU."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        try:
+            self.session = session(Path(path), threads)
+        except Exception as err:  # ONNX Runtime's own exception types
+            raise ValueError(f"{path}: not loadable by ONNX Runtime ({blocker(err)})") from err
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "sample_rate" not in meta or "max_seconds" not in meta:
+            raise ValueError(f"{path}: not an export_onnx file (no sample_rate and max_seconds "
+                             "in its metadata)")
+        self.sample_rate = int(float(meta["sample_rate"]))
+        self.max_seconds = float(meta["max_seconds"])
+        n_src = self.session.get_outputs()[0].shape[1]  # (batch, n_src, samples)
+        self.n_src = n_src if isinstance(n_src, int) else None
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        return separate(self.session, wav)
 
 
 def parity_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:

@@ -194,9 +194,12 @@ def bf16_markdown(results: pd.DataFrame, verdict: Verdict) -> str:
             "mixtures; sources in float32's order.\n\n" + markdown_table(table))
 
 
-SPEED_MODES = {"eager": "infer_s_median", "compiled": "infer_s_compiled", "bf16": "infer_s_bf16"}
-# per mode, the speed.csv column with its output's SI-SDR against eager float32's
-SPEED_AGREEMENT = {"compiled": "compiled_vs_eager_sisdr_db", "bf16": "bf16_vs_fp32_sisdr_db"}
+SPEED_MODES = {"eager": "infer_s_median", "compiled": "infer_s_compiled", "bf16": "infer_s_bf16",
+               "onnx fp32": "infer_s_onnx", "onnx int8": "infer_s_onnx_int8"}
+# per mode, the speed.csv column with its output's SI-SDR against eager float32's (int8: against
+# ONNX float32's, itself within the export parity of eager's)
+SPEED_AGREEMENT = {"compiled": "compiled_vs_eager_sisdr_db", "bf16": "bf16_vs_fp32_sisdr_db",
+                   "onnx fp32": "onnx_vs_eager_sisdr_db", "onnx int8": "onnx_int8_vs_fp32_sisdr_db"}
 
 
 def mac_rate_table(complexity: pd.DataFrame, speed: pd.DataFrame,

@@ -122,7 +122,8 @@ def _stderr(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def separate_files(model: torch.nn.Module, inputs: Iterable[str | Path], out: str | Path, *,
+def separate_files(model: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[str | Path],
+                   out: str | Path, *,
                    glob: str | None = None, overwrite: bool = False, float_out: bool = False,
                    progress: bool = True, log: Callable[[str], None] = _stderr,
                    **options: Any) -> RunSummary:

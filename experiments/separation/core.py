@@ -137,17 +137,21 @@ def separate_waveform(model: Callable[[torch.Tensor], torch.Tensor], wav: torch.
     return out / weight
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
+def _device_of(model: Callable[[torch.Tensor], torch.Tensor]) -> torch.device:
+    """Where `model` takes its input: its parameters' device; the CPU for a module without
+    parameters or a runtime session (`experiments.deploy.onnx.OnnxSeparator`)."""
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    param = next(params, None)
     return param.device if param is not None else torch.device("cpu")
 
 
-def separate_file(model: torch.nn.Module, path: str | Path, *,
+def separate_file(model: Callable[[torch.Tensor], torch.Tensor], path: str | Path, *,
                   window_s: float = DEFAULT_WINDOW_S, hop_s: float | None = None,
                   channel: int | None = None, keep_model_rate: bool = False,
                   normalize: bool = False, n_src: int | None = None,
                   progress: bool = False) -> Separation:
-    """Separate one audio file with `model` (in eval mode, on its device).
+    """Separate one audio file with `model` (a module in eval mode, on its device, or any
+    callable with a `sample_rate`, such as an ONNX Runtime `OnnxSeparator`).
 
     The file (any rate, channels downmixed or `channel` picked) is resampled to the model's
     rate, separated in windows of `window_s` seconds every `hop_s` (default: half a window),

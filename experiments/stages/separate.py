@@ -2,17 +2,24 @@
 
 `python -m experiments.stages.separate --model runs/s4m_tiny/model.pt IN [IN ...] --out DIR`
 (installed as `s4m-separate`). IN: audio files or folders (searched recursively). Writes
-DIR/<name>/s1.wav ... (see experiments.separation). Exit status: 0 when every file was separated
-or skipped, 1 when any failed (one `error:` line each), 2 for a bad model or setting.
+DIR/<name>/s1.wav ... (see experiments.separation). `--backend onnx` runs the model under ONNX
+Runtime on the CPU: an .onnx file of the export stage as it is, any other model exported first
+(into a temporary folder, for inputs up to the window's length). Exit status: 0 when every file
+was separated or skipped, 1 when any failed (one `error:` line each), 2 for a bad model or
+setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from experiments.deploy.onnx import OnnxSeparator, export_onnx
 from experiments.env import resolve_device
 from experiments.registry import load_model
 from experiments.separation import (
@@ -42,10 +49,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "peak")
     p.add_argument("--overwrite", action="store_true", help="redo files whose outputs exist")
     p.add_argument("--n-src", type=int, help="fail unless the model separates this many")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): PyTorch on --device; onnx: ONNX Runtime on the CPU")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default); torch backend")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def load_separator(args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model `args` ask for, on its backend; ValueError naming the model or setting."""
+    threads = args.threads or torch.get_num_threads()
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        if args.backend != "onnx":
+            raise ValueError(f"{path}: an ONNX file; pass --backend onnx")
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        model = OnnxSeparator(path, threads)
+    else:
+        if args.backend == "onnx" and args.device not in ("auto", "cpu"):
+            raise ValueError(f"--device {args.device}: --backend onnx runs on the CPU")
+        model = load_model(args.model).eval()
+        if args.backend == "torch":
+            return model.to(resolve_device(args.device, "--device"))
+        with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph in memory
+            info = export_onnx(model, Path(tmp) / "model.onnx", max_seconds=args.window_s)
+            if not info["exported"]:
+                raise ValueError(f"{path}: does not export to ONNX ({info['blocker']})")
+            model = OnnxSeparator(Path(tmp) / "model.onnx", threads)
+    if args.window_s > model.max_seconds:
+        raise ValueError(f"{path}: takes inputs up to {model.max_seconds:g} s, --window-s is "
+                         f"{args.window_s:g}")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = load_model(args.model).eval().to(resolve_device(args.device, "--device"))
+        model = load_separator(args)
         declared = model_n_src(model)
         if args.n_src is not None and declared not in (None, args.n_src):
             raise ValueError(f"{args.model}: the model separates {declared} sources, "
