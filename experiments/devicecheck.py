@@ -120,7 +120,8 @@ def fit(name: str, precision: str, settings: CheckSettings, mix: torch.Tensor,
         sources: torch.Tensor, devices: int = 1, strategy: str = "auto",
         ) -> tuple[torch.nn.Module, _Record, pl.Trainer]:
     """`settings.steps` steps of `name` on (mix, sources) through experiments.training's system."""
-    from experiments.training.trainer import SeparationSystem, build_loss, param_groups
+    from experiments.training.system import SeparationSystem
+    from experiments.training.trainer import build_loss, param_groups
 
     pl.seed_everything(settings.seed, verbose=False)
     model = build_model(name, sample_rate=settings.sample_rate, **settings.overrides(name))

@@ -16,6 +16,7 @@ from torch import nn
 import experiments.env
 from experiments import atomic
 from experiments.benchmark import speed
+from experiments.benchmark.goals import format_goals, goal_ratios
 from experiments.benchmark.onnxrt import onnx_inference
 from experiments.complexity import macs as complexity
 from experiments.config import ConfigError
@@ -287,34 +288,34 @@ def test_goal_ratios():
         {"model": "sepformer", "infer_s_median": 5.0, "train_step_s": 20.0, "peak_mem_mb": 1},
         {"model": "convtasnet", "infer_s_median": 1.0, "train_step_s": 2.0, "peak_mem_mb": 1},
     ]
-    goals = speed.goal_ratios(rows, load_published())
+    goals = goal_ratios(rows, load_published())
     assert goals["infer_s4m_tiny_over_sepformer"]["measured"] == pytest.approx(0.1)
     assert goals["infer_s4m_tiny_over_sepformer"]["met"]
     assert goals["infer_s4m_tiny_over_sepformer"]["released_code"] == pytest.approx(4.68 / 6.37)
     assert not goals["train_step_s4m_tiny_over_convtasnet"]["met"]  # 1.5x Conv-TasNet
     assert goals["train_mem_s4m_tiny_over_released"]["measured"] == pytest.approx(2 / 9.3)
-    assert "MISSED" in speed.format_goals(goals)
+    assert "MISSED" in format_goals(goals)
     assert "infer_compiled_s4m_tiny_over_sepformer" not in goals  # speed.compile off
     rows[0]["infer_s_compiled"], rows[1]["infer_s_compiled"] = 0.4, 2.0
-    compiled = speed.goal_ratios(rows, load_published())["infer_compiled_s4m_tiny_over_sepformer"]
+    compiled = goal_ratios(rows, load_published())["infer_compiled_s4m_tiny_over_sepformer"]
     assert compiled["measured"] == pytest.approx(0.2) and not compiled["met"]
-    own = speed.goal_ratios(rows, load_published())["infer_compiled_over_eager_s4m_tiny"]
+    own = goal_ratios(rows, load_published())["infer_compiled_over_eager_s4m_tiny"]
     assert own["measured"] == pytest.approx(0.8) and own["met"]
     # a goal pair's medians, timed in one process, decide where they exist
     pairs = {"train": {"times": {"s4m_tiny": [2.0, 1.9, 9.0], "convtasnet": [2.0, 2.1, 2.2]}}}
-    goals = speed.goal_ratios(rows, load_published(), pairs)
+    goals = goal_ratios(rows, load_published(), pairs)
     train = goals["train_step_s4m_tiny_over_convtasnet"]
     assert train["measured"] == pytest.approx(2.0 / 2.1) and train["met"]
     assert train["separate_processes"] == pytest.approx(1.5)
     assert train["round_range"] == pytest.approx([1.9 / 2.1, 9.0 / 2.2])
     assert train["method"] == "one process, in turn"
     assert goals["infer_s4m_tiny_over_sepformer"]["method"] == "separate processes"
-    assert "rounds 0.90-4.09, separate processes 1.500" in speed.format_goals(goals)
+    assert "rounds 0.90-4.09, separate processes 1.500" in format_goals(goals)
     # deployed: each model's fastest float32 path whose output keeps the export parity
     assert "deployed_s4m_tiny_over_sepformer" not in goals  # speed.onnx off
     rows[0].update(infer_s_onnx=0.3, onnx_vs_eager_sisdr_db=95.0, compiled_vs_eager_sisdr_db=90.0)
     rows[1].update(infer_s_onnx=None, compiled_vs_eager_sisdr_db=30.0)  # compiled: not the model
-    deployed = speed.goal_ratios(rows, load_published())["deployed_s4m_tiny_over_sepformer"]
+    deployed = goal_ratios(rows, load_published())["deployed_s4m_tiny_over_sepformer"]
     assert (deployed["s4m_tiny_path"], deployed["sepformer_path"]) == ("onnx fp32", "eager")
     assert deployed["measured"] == pytest.approx(0.3 / 5.0) and deployed["met"]
 

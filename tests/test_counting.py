@@ -7,13 +7,8 @@ import torch
 from fvcore.nn import jit_analysis
 from torch import nn
 
-from experiments.complexity.counting import (
-    count_all,
-    count_fvcore,
-    count_ptflops,
-    einsum_macs,
-    fft_macs,
-)
+from experiments.complexity.costs import einsum_macs, fft_macs
+from experiments.complexity.counting import count_all, count_fvcore, count_ptflops
 from s4m import blocks, build_s4m, fused
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from experiments.published import load_published
-from experiments.reporting import report
-from experiments.reporting.report import NOT_A_RESULT, QualityRule
+from experiments.reporting import figures, paper, report
+from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 
 MODELS = ["s4m_tiny", "s4m", "convtasnet", "sepformer"]
 MACS = {"s4m_tiny": 6.0, "s4m": 22.5, "convtasnet": 4.9, "sepformer": 69.3}  # G/s, fvcore
@@ -184,7 +184,7 @@ def test_macs_at_each_source_convention(check_side: tuple[Path, dict[str, Any]])
     published = load_published()
     conventions = pd.DataFrame(json.loads((reports / "complexity.json").read_text())[
         "conventions"])
-    table = report.macs_at_conventions(MODELS, published, conventions)
+    table = paper.macs_at_conventions(MODELS, published, conventions)
     row = {(r.model, r.source): r for r in table.itertuples()}
     # SepReformer: ptflops, total on 16000 samples at 8 kHz, not per second
     s4m = row["s4m", "sepreformer"]
@@ -252,7 +252,7 @@ def test_partial_and_old_ablation_cells(tmp_path: Path) -> None:
     s4d = ablation[ablation["ssm"] == "s4d"].iloc[0]
     assert s4d["steps"] == 20 and math.isnan(float(s4d["params_m"]))
     verdict = QualityRule(5.0, 10).judge(ablation["si_sdri_db"], ablation["steps"])
-    report.plot_ablation_heatmap(ablation, verdict, tmp_path / "heatmap.png")
+    figures.plot_ablation_heatmap(ablation, verdict, tmp_path / "heatmap.png")
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -262,7 +262,7 @@ def test_empty_ablation_grid(tmp_path: Path) -> None:
     assert list(ablation.columns) == report.ABLATION_COLUMNS
     verdict = QualityRule(5.0, 10).judge(ablation["si_sdri_db"], ablation["steps"])
     assert not verdict.is_result and verdict.reason == "no SI-SDRi values"
-    report.plot_ablation_heatmap(ablation, verdict, tmp_path / "heatmap.png")
+    figures.plot_ablation_heatmap(ablation, verdict, tmp_path / "heatmap.png")
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -279,7 +279,7 @@ def test_log_ticks_are_plain_numbers(lo: float, hi: float) -> None:
     fig, ax = plt.subplots()
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    report.plain_log_ticks(ax)
+    figures.plain_log_ticks(ax)
     fig.canvas.draw()
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
@@ -343,4 +343,4 @@ def test_length_figure_says_how_many_calls_per_point(repeats, label):
     frame = pd.DataFrame({"model": ["a", "a"], "length_s": [1.0, 4.0]})
     if repeats is not None:
         frame["repeats"] = repeats
-    assert report._calls_per_point(frame) == label
+    assert figures.calls_per_point(frame) == label

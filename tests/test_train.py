@@ -21,7 +21,8 @@ from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
 from experiments.registry import load_model
 from experiments.training import trainer as trainer_module
-from experiments.training.trainer import NonFiniteLossError, parse_overrides, train
+from experiments.training.system import NonFiniteLossError
+from experiments.training.trainer import parse_overrides, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONVTASNET = dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_blocks=2,

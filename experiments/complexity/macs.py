@@ -16,15 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.complexity.counting import (
-    ELEMENTWISE,
-    FFT,
-    MATMUL,
-    NORM,
-    MacCount,
-    count_all,
-    is_ssm_module,
-)
+from experiments.complexity.costs import ELEMENTWISE, FFT, MATMUL, NORM
+from experiments.complexity.counting import MacCount, count_all, is_ssm_module
 from experiments.config import ConfigError
 from experiments.published import figure
 

@@ -18,45 +18,38 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
-    FixedLocator,
-    FuncFormatter,
-    MaxNLocator,
-    NullFormatter,
+from experiments.atomic import write_text
+from experiments.env import environment, environment_markdown
+from experiments.published import PUBLISHED, load_published
+from experiments.reporting.figures import (
+    plot_ablation_heatmap,
+    plot_sisdri_vs_macs,
+    plot_speed_vs_length,
+    plot_training_curves,
+    validation_curves,
 )
-
-from experiments.atomic import atomic_path, write_text  # noqa: E402
-from experiments.config import ConfigError, require  # noqa: E402
-from experiments.env import environment, environment_markdown  # noqa: E402
-from experiments.published import PUBLISHED, load_published  # noqa: E402
-from experiments.training.budget import BUDGET_TOLERANCE  # noqa: E402
+from experiments.reporting.paper import (
+    figure_value,
+    macs_at_conventions,
+    paper_vs_here,
+    params_vs_here,
+    published_results,
+    reconstruction_note,
+)
+from experiments.reporting.rule import NOT_A_RESULT, QualityRule, Verdict, finite
+from experiments.training.budget import BUDGET_TOLERANCE
 
 REPORTS = Path("reports")
 RUNS = Path("runs")
-# The paper's Table 2 reports Libri2Mix; the "paper vs here" table compares against that column.
-PAPER_DATASET = "libri2mix"
-NOT_A_RESULT = "training check, not a result"
-REFERENCES = ("sepformer", "convtasnet")  # MAC ratios, which do not depend on the convention
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text(path, frame.to_csv(index=False, float_format="%.4g"))
-
-
-def _save_figure(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -77,62 +70,7 @@ def metric_stats(summary: dict[str, Any], metric: str) -> tuple[float, float]:
     return float(stats["mean"]), math.nan if ci is None else float(ci)
 
 
-def _finite(values: Iterable[Any]) -> list[float]:
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out.append(f)
-    return out
-
-
 # ---------------------------------------------------------------------------------- rule 2
-@dataclass(frozen=True)
-class Verdict:
-    is_result: bool
-    reason: str
-
-    def label(self, text: str) -> str:
-        return text if self.is_result else f"{text}, {NOT_A_RESULT}"
-
-
-@dataclass(frozen=True)
-class QualityRule:
-    min_sisdri_db: float
-    min_steps: int
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> QualityRule:
-        sisdri, steps = require(cfg, "report.min_sisdri_db"), require(cfg, "report.min_steps")
-        if not isinstance(sisdri, int | float) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError("params.yaml: report.min_sisdri_db must be a number and "
-                              "report.min_steps a non-negative integer")
-        return cls(float(sisdri), steps)
-
-    def text(self) -> str:
-        return (f"SI-SDRi counts as a result only when the best model reaches "
-                f"{self.min_sisdri_db:g} dB and every model trained at least {self.min_steps} "
-                "steps (params.yaml `report`)")
-
-    def judge(self, si_sdri: Iterable[Any], steps: Iterable[Any]) -> Verdict:
-        values, steps = _finite(si_sdri), list(steps)
-        if not values:
-            return Verdict(False, "no SI-SDRi values")
-        best, reasons = max(values), []
-        if best < self.min_sisdri_db:
-            reasons.append(f"best SI-SDRi {best:.2f} dB < {self.min_sisdri_db:g} dB")
-        known = _finite(steps)
-        if len(known) < len(steps):
-            reasons.append(f"{len(steps) - len(known)} run(s) without a training record")
-        if known and min(known) < self.min_steps:
-            reasons.append(f"fewest training steps {int(min(known))} < {self.min_steps}")
-        if reasons:
-            return Verdict(False, "; ".join(reasons))
-        return Verdict(True, f"best SI-SDRi {best:.2f} dB >= {self.min_sisdri_db:g} dB and "
-                             f"every run trained >= {self.min_steps} steps")
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -311,126 +249,6 @@ def budget_text(results: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------------------------- published
-def _value(figure: dict[str, Any] | None, key: str = "value") -> float | None:
-    value = None if figure is None else figure.get(key)
-    return None if value is None else float(value)
-
-
-def _said(value: Any) -> str:
-    return "not stated" if value is None else str(value)
-
-
-def paper_vs_here(results: pd.DataFrame, published: dict[str, Any], verdict: Verdict,
-                  ) -> pd.DataFrame:
-    """Each model's primary Libri2Mix figure (the paper's Table 2 where it has the model) with
-    its training conditions, beside ours."""
-    rows = []
-    for row in results.itertuples():
-        entry = published["models"].get(row.model, {})
-        paper = (entry.get("results", {}).get(PAPER_DATASET) or [None])[0] or {}
-        paper_si = _value(paper, "si_sdri")
-        rows.append({
-            "model": row.model, "SI-SDRi paper": paper_si, "SDRi paper": _value(paper, "sdri"),
-            "training subset": _said(paper.get("train_subset")) if paper else None,
-            "rate (Hz)": _said(paper.get("sample_rate")) if paper else None,
-            "augmentation": _said(paper.get("augmentation")) if paper else None,
-            verdict.label("SI-SDRi here"): row.si_sdri_db,
-            "source": paper.get("source"),
-        })
-    return pd.DataFrame(rows)
-
-
-def published_results(published: dict[str, Any], models: list[str]) -> pd.DataFrame:
-    """Every published quality figure of our models with its training conditions."""
-    rows = [{"model": model, "dataset": dataset, "task": r.get("task"), "SI-SDRi": r["si_sdri"],
-             "SDRi": r["sdri"], "training subset": _said(r["train_subset"]),
-             "rate (Hz)": _said(r["sample_rate"]), "augmentation": _said(r["augmentation"]),
-             "source": r["source"], "note": r.get("note")}
-            for model in models
-            for dataset, results in published["models"].get(model, {}).get("results", {}).items()
-            for r in results]
-    return pd.DataFrame(rows)
-
-
-def params_vs_here(results: pd.DataFrame, published: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    for row in results.itertuples():
-        paper = published["models"].get(row.model, {}).get("params_m") or {}
-        value = _value(paper)
-        rows.append({"model": row.model, "params paper (M)": value, "source": paper.get("source"),
-                     "params here (M)": row.params_m,
-                     "here / paper": None if value is None else row.params_m / value})
-    return pd.DataFrame(rows)
-
-
-def _convention(m: dict[str, Any]) -> str:
-    unit = "G/s" if m["per_second"] else "G"
-    per = f"per second ({m['input_samples'] / m['sample_rate']:g} s)" if m["per_second"] else (
-        "total, not per second")
-    return (f"{m['input_samples']} samples at {m['sample_rate'] / 1000:g} kHz, {per}, "
-            f"{m['counter'] or 'counter not stated'} [{unit}]")
-
-
-def ours_at(conventions: pd.DataFrame, model: str, m: dict[str, Any],
-            naive: bool = False) -> float | None:
-    """Our MACs at a published figure's convention: counted on its input length, with its
-    counter (fvcore when it names none), divided by its duration when it is per second."""
-    hit = conventions[(conventions["model"] == model)
-                      & (conventions["input_samples"] == m["input_samples"])]
-    if hit.empty:
-        return None
-    counter = "ptflops" if m["counter"] == "ptflops" else "fvcore"
-    total = float(hit.iloc[0][f"{'naive_' if naive else ''}macs_g_{counter}"])
-    return total / (m["input_samples"] / m["sample_rate"]) if m["per_second"] else total
-
-
-def macs_at_conventions(models: list[str], published: dict[str, Any],
-                        conventions: pd.DataFrame) -> pd.DataFrame:
-    """Every published MAC figure of our models beside ours counted the same way, and the
-    ratios to Sepformer and Conv-TasNet within the same source (convention-free)."""
-    def published_of(model: str, source: str) -> dict[str, Any] | None:
-        return next((m for m in published["models"].get(model, {}).get("macs", [])
-                     if m["source"] == source), None)
-
-    rows = []
-    for model in models:
-        for m in published["models"].get(model, {}).get("macs", []):
-            here = ours_at(conventions, model, m)
-            row = {"model": model, "source": m["source"], "convention": _convention(m),
-                   "published": m["value"], "here": here,
-                   "here (counter defaults)": ours_at(conventions, model, m, naive=True),
-                   "here / published": None if here is None else here / m["value"]}
-            for ref in REFERENCES:
-                other = published_of(ref, m["source"])
-                ours_ref = None if other is None else ours_at(conventions, ref, other)
-                row[f"published / {ref}"] = None if other is None else m["value"] / other["value"]
-                row[f"here / {ref}"] = (here / ours_ref if here is not None and ours_ref
-                                        else None)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def reconstruction_note(results: pd.DataFrame, published: dict[str, Any],
-                        conventions: pd.DataFrame, model: str = "s4m") -> str:
-    """How our reconstruction of the unreleased S4M compares on params and MACs."""
-    entry = published["models"].get(model, {})
-    hit = results[results["model"] == model]
-    if hit.empty or not entry.get("macs"):
-        return ""
-    m, params = entry["macs"][0], _value(entry.get("params_m"))
-    here, naive = ours_at(conventions, model, m), ours_at(conventions, model, m, naive=True)
-    ours_params = float(hit.iloc[0]["params_m"])
-    params_text = (f"{ours_params:.2f}M params against the published {params:g}M "
-                   f"({ours_params / params:.2f}x)" if params else f"{ours_params:.2f}M params")
-    if here is None:
-        macs_text = ("its MACs at that convention were not counted (params.yaml "
-                     "`complexity.published_conventions` is off)")
-    else:
-        macs_text = (f"{here:.1f} G at that convention ({m['counter']} with our handles; "
-                     f"{naive:.1f} G with the counter's defaults) against {m['value']:g} G "
-                     f"({here / m['value']:.2f}x)")
-    return (f"**Our S4M reconstruction** (the {params:g}M design is unpublished): {params_text}; "
-            f"{macs_text}; published convention: {_convention(m)} (`{m['source']}`).\n")
 
 
 # ---------------------------------------------------------------------------------- ablation
@@ -468,200 +286,6 @@ def load_ablation(reports: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
 
 
 # ---------------------------------------------------------------------------------- figures
-def plain_log_ticks(ax: plt.Axes, axis: str = "x") -> None:
-    """Log-axis ticks at 1-2-5 (finer when the range is narrow) printed as plain numbers: no
-    "3x10^0" minor labels running into each other."""
-    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    exps = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
-    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
-        ticks = [m * 10.0**e for e in exps for m in mantissas if lo <= m * 10.0**e <= hi]
-        if len(ticks) >= 3:
-            break
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(FixedLocator(ticks))
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
-
-
-def _stamp(ax: plt.Axes) -> None:
-    ax.text(0.5, 0.5, NOT_A_RESULT.upper(), transform=ax.transAxes, ha="center", va="center",
-            fontsize=16, color="0.6", alpha=0.35, rotation=20, zorder=0)
-
-
-def plot_sisdri_vs_macs(results: pd.DataFrame, verdict: Verdict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    sizes = 40 + 25 * results["params_m"]
-    color = "C0" if verdict.is_result else "0.55"
-    ax.scatter(results["macs_g_per_s"], results["si_sdri_db"], s=sizes, alpha=0.6, color=color)
-    for row in results.itertuples():
-        ax.annotate(row.model, (row.macs_g_per_s, row.si_sdri_db), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.margins(x=0.15, y=0.15)
-    plain_log_ticks(ax)
-    ax.set_xlabel("MACs (G per second of audio, fvcore, FFT counted)")
-    ax.set_ylabel(verdict.label("SI-SDRi (dB)") if verdict.is_result else "SI-SDRi (dB)")
-    title = "SI-SDRi vs MACs (marker area ~ params)"
-    if not verdict.is_result:
-        title = f"SI-SDRi vs MACs: {NOT_A_RESULT}\n({verdict.reason})"
-        _stamp(ax)
-    ax.set_title(title, fontsize=9 if not verdict.is_result else 11)
-    ax.grid(alpha=0.3)
-    _save_figure(fig, path)
-
-
-def validation_curves(models: list[str], runs: Path) -> dict[str, pd.DataFrame]:
-    """Validation loss logged by DVCLive per model (models without a log are left out)."""
-    curves = {}
-    for model in models:
-        path = runs / model / "dvclive" / "plots" / "metrics" / "val" / "loss.tsv"
-        if path.is_file() and len(frame := pd.read_csv(path, sep="\t")):
-            curves[model] = frame
-    return curves
-
-
-def plot_training_curves(curves: dict[str, pd.DataFrame], results: pd.DataFrame,
-                         verdict: Verdict, path: Path) -> None:
-    """Validation SI-SDR (the negated neg-SI-SDR loss) against step and against training MACs,
-    one line per model."""
-    fig, (by_step, by_macs) = plt.subplots(1, 2, figsize=(11, 4.2))
-    info = results.set_index("model")
-    no_macs = []
-    for i, (model, frame) in enumerate(curves.items()):
-        score = -frame["loss"]  # every training loss is a negated SI-SDR or SNR
-        style = dict(color=f"C{i}", marker="o", markersize=3, label=model)
-        by_step.plot(frame["step"], score, **style)
-        per_step = info.loc[model, "gmacs_per_step"]
-        if pd.notna(per_step):
-            by_macs.plot(frame["step"] * float(per_step) / 1e3, score, **style)
-        else:
-            no_macs.append(model)
-    losses = set(results["loss"].dropna())
-    metric = "SNR" if losses == {"neg_snr"} else "SI-SDR"
-    for ax in (by_step, by_macs):
-        ax.set_ylabel(f"validation {metric} (dB)")
-        ax.grid(alpha=0.3)
-        if not curves:
-            ax.text(0.5, 0.5, "no training logs found", ha="center", transform=ax.transAxes)
-    by_step.set_xlabel("training step")
-    by_step.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_step.set_xlim(left=0)
-    by_macs.set_xlabel("training MACs (T; forward MACs x forward+backward factor)")
-    if by_macs.lines:
-        by_macs.set_xscale("log")
-        plain_log_ticks(by_macs)
-        by_macs.legend(fontsize=7)
-    if by_step.lines:
-        by_step.legend(fontsize=7)
-    if no_macs:
-        by_macs.text(0.02, 0.02, f"no MACs per step recorded: {', '.join(no_macs)}",
-                     transform=by_macs.transAxes, fontsize=7)
-    title = "Validation SI-SDR during training" if metric == "SI-SDR" else (
-        "Validation SNR during training")
-    fig.suptitle(title if verdict.is_result else f"{title}: {NOT_A_RESULT} ({verdict.reason})",
-                 fontsize=10)
-    _save_figure(fig, path)
-
-
-HEATMAP_ROWS = (
-    ("si_sdri_db", "SI-SDRi (dB)", "{:.2f}"),
-    ("params_m", "params (M)", "{:.3f}"),
-    ("macs_g_per_s_fvcore", "MACs, fvcore (G/s)", "{:.2f}"),
-    ("macs_g_per_s_ptflops", "MACs, ptflops (G/s)", "{:.2f}"),
-    ("infer_s_median", "inference time (s, 1 thread)", "{:.3f}"),
-)
-
-
-def plot_ablation_heatmap(ablation: pd.DataFrame, verdict: Verdict, path: Path) -> None:
-    """One row of panels per column (quality, then costs), one panel per SSM kind; the panels
-    of a row share one colour scale (one colour bar). Cells of the global-layer axis other than
-    the SSM kind's own global layer are left out (see `plot_global_layers`)."""
-    ablation = ablation[ablation["global_layer"] == ablation["ssm"]]
-    kinds = sorted(ablation["ssm"].unique()) if len(ablation) else []
-    rows = [r for r in HEATMAP_ROWS if _finite(ablation[r[0]])]
-    if not kinds or not rows:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no ablation results", ha="center", va="center")
-        ax.set_axis_off()
-        _save_figure(fig, path)
-        return
-    scales = sorted(ablation["num_scales"].unique())
-    states = sorted(ablation["d_state"].unique())
-    fig, axes = plt.subplots(len(rows), len(kinds), squeeze=False, layout="constrained",
-                             figsize=(3.4 * len(kinds) + 1.4, 2.3 * len(rows) + 0.4))
-    for r, (column, label, fmt) in enumerate(rows):
-        values = ablation[column].astype(float)
-        vmin, vmax = np.nanmin(values), np.nanmax(values)
-        if vmin == vmax:
-            vmin, vmax = vmin - 0.5, vmax + 0.5
-        title = verdict.label(label) if column == "si_sdri_db" else label
-        for ax, kind in zip(axes[r], kinds, strict=True):
-            grid = (ablation[ablation["ssm"] == kind]
-                    .pivot(index="num_scales", columns="d_state", values=column)
-                    .reindex(index=scales, columns=states).astype(float))
-            image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower",
-                              vmin=vmin, vmax=vmax)
-            ax.set_xticks(range(len(states)), states)
-            ax.set_yticks(range(len(scales)), scales)
-            if r == len(rows) - 1:
-                ax.set_xlabel("SSM state size (d_state)", fontsize=8)
-            if ax is axes[r][0]:
-                ax.set_ylabel("number of scales", fontsize=8)
-            ax.set_title(f"{kind.upper()}: {title}", fontsize=8)
-            for (i, j), value in np.ndenumerate(grid.values):
-                if math.isfinite(value):
-                    light = (value - vmin) / (vmax - vmin) > 0.6
-                    ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=8,
-                            color="k" if light else "w")
-                else:
-                    ax.text(j, i, "not run", ha="center", va="center", fontsize=7)
-        fig.colorbar(image, ax=list(axes[r]), shrink=0.9).set_label(label, fontsize=8)
-    fig.suptitle("S4M ablation (each row: one colour scale shared by its panels)", fontsize=10)
-    _save_figure(fig, path)
-
-
-def _calls_per_point(frame: pd.DataFrame) -> str:
-    """How many timed calls each point of the length sweep is (`speed.length_repeats`): one call
-    is a single sample of a noisy machine, which the figure should say."""
-    counts = sorted({int(n) for n in frame.get("repeats", pd.Series(dtype=float)).dropna()})
-    if not counts:
-        return "calls per point not recorded"
-    if counts == [1]:
-        return "one call per point"
-    return f"median of {'/'.join(map(str, counts))} calls per point"
-
-
-def plot_speed_vs_length(frame: pd.DataFrame, env: dict[str, Any], path: Path) -> None:
-    """Inference time and peak memory against input length, log-log, a line per model."""
-    fig, (timing, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (model, rows) in enumerate(frame.groupby("model", sort=False)):
-        ok = rows[rows["status"] == "ok"]
-        slow = rows.loc[rows["status"] != "ok", "length_s"]
-        status = rows.loc[rows["status"] != "ok", "status"]
-        label = model + (f" ({status.iloc[0].replace('_', ' ')} from "
-                         f"{slow.min():g} s)" if len(slow) else "")
-        for ax, column in ((timing, "infer_s"), (memory, "peak_mem_mb")):
-            ax.plot(ok["length_s"], ok[column], marker="o", color=f"C{i}", label=label)
-    if frame["status"].eq("ok").any():
-        lengths = sorted(frame["length_s"].unique())
-        timing.plot(lengths, lengths, color="0.5", linestyle=":", label="real time")
-        for ax in (timing, memory):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            plain_log_ticks(ax, "x")
-            plain_log_ticks(ax, "y")
-        timing.legend(fontsize=7)
-    else:
-        timing.text(0.5, 0.5, "no length measurements", ha="center", transform=timing.transAxes)
-    timing.set_ylabel(f"inference time (s), batch 1, {_calls_per_point(frame)}")
-    memory.set_ylabel("peak memory above the model's (MB)")
-    for ax in (timing, memory):
-        ax.set_xlabel("input length (s)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Cost against input length ({env.get('device', 'device not recorded')}, "
-                 f"{env.get('threads', '?')} thread(s), commit {env.get('commit', '?')})",
-                 fontsize=10)
-    _save_figure(fig, path)
 
 
 def length_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -739,7 +363,8 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
 
     sources = "\n".join(f"- `{key}`: {text}" for key, text in published["sources"].items())
     macs = macs_at_conventions(models, published, conventions)
-    tiny_ratio = _value(published["models"].get("s4m_tiny", {}).get("macs_ratio_to_sepformer"))
+    tiny_ratio = figure_value(
+        published["models"].get("s4m_tiny", {}).get("macs_ratio_to_sepformer"))
     by_model = results.set_index("model")["macs_g_per_s"]
     ratio_note = (f"S4M-tiny / Sepformer MACs: {tiny_ratio:.1%} in the paper's abstract, "
                   f"{by_model['s4m_tiny'] / by_model['sepformer']:.1%} here (fvcore, "
@@ -773,7 +398,7 @@ def build_reports(cfg: dict[str, Any], reports: Path = REPORTS, runs: Path = RUN
         "not recorded" if not s.get("budget") else
         f"mode {s['budget'].get('mode')}, {s['budget'].get('max_steps')} steps"
         for s in cells)) or "no cells"
-    cost_s = ", ".join(f"{x:g}" for x in dict.fromkeys(_finite(ablation["cost_seconds"])))
+    cost_s = ", ".join(f"{x:g}" for x in dict.fromkeys(finite(ablation["cost_seconds"])))
     ablation_display = ablation.rename(columns={
         "si_sdri_db": ablation_verdict.label("si_sdri_db"),
         "sdri_db": ablation_verdict.label("sdri_db")})

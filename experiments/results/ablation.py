@@ -11,13 +11,9 @@ from typing import Any
 
 from experiments.atomic import write_text
 from experiments.config import require
-from experiments.reporting.report import (
-    NOT_A_RESULT,
-    QualityRule,
-    load_ablation,
-    markdown_table,
-    plot_ablation_heatmap,
-)
+from experiments.reporting.figures import plot_ablation_heatmap
+from experiments.reporting.report import load_ablation, markdown_table
+from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 from experiments.results.figures import plot_global_layers
 
 

@@ -20,7 +20,8 @@ from experiments.atomic import atomic_path, write_json, write_text
 from experiments.config import require
 from experiments.env import environment, environment_markdown
 from experiments.registry import SCALES, load_model
-from experiments.reporting.report import NOT_A_RESULT, QualityRule, markdown_table
+from experiments.reporting.report import markdown_table
+from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 from experiments.results import figures
 from experiments.results.plan import Run, settings
 from experiments.results.stats import finding, model_table, paired_comparisons, time_to

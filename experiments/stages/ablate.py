@@ -27,7 +27,8 @@ from experiments.config import ConfigError, load_profile, require
 from experiments.evaluation.evaluate import evaluate
 from experiments.registry import build_model
 from experiments.training.budget import apply_budget
-from experiments.training.trainer import NonFiniteLossError, train
+from experiments.training.system import NonFiniteLossError
+from experiments.training.trainer import train
 
 
 def run_cell(cfg: dict[str, Any], cell: dict[str, Any], runs_root: Path = Path("runs/ablation"),

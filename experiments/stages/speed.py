@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from experiments.atomic import write_table, write_text
+from experiments.benchmark.goals import format_goals
 from experiments.benchmark.kernels import format_kernels, run_kernels_worker
 from experiments.benchmark.opcost import format_knockout, format_profile
 from experiments.benchmark.speed import (
@@ -48,7 +49,6 @@ from experiments.benchmark.speed import (
     LENGTH_COLUMNS,
     REGISTRY_FACTORY,
     SpeedSettings,
-    format_goals,
     format_in_turn,
     length_table,
     run_in_subprocess,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from experiments.config import ConfigError, load_profile, require
 from experiments.training.budget import apply_budget, complexity_macs, resolve_budget
-from experiments.training.trainer import NonFiniteLossError, parse_overrides, train
+from experiments.training.system import NonFiniteLossError
+from experiments.training.trainer import parse_overrides, train
 
 
 def main(argv: list[str] | None = None) -> int:
