@@ -6,20 +6,24 @@ For each model (params.yaml `models`; trained weights from runs/<model>/model.pt
 exist): export to `export.out_dir/<model>.onnx` (dynamic batch and length, onnx.checker), the
 SI-SDR of ONNX Runtime's output against eager PyTorch on test audio of each
 `export.parity_seconds`, ONNX Runtime dynamic int8 (its SI-SDR against float32), and SI-SDRi of
-eager, ONNX float32 and int8 on `export.quality_mixtures` test mixtures. A model that does not
-export gets its blocker instead. Writes reports/onnx.csv and reports/onnx.md.
+eager, ONNX float32 and int8 on `export.quality_mixtures` test mixtures (trained weights only).
+A model that does not export gets its blocker instead. Each model's row is kept as
+`export.out_dir/<model>.json` with what it depends on, so a run started again redoes only the
+models whose weights or settings changed. Writes reports/onnx.csv and reports/onnx.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from experiments.atomic import write_text
+from experiments.atomic import write_json, write_text
 from experiments.config import load_profile, require
 from experiments.data import make_dataset
 from experiments.deploy.onnx import (
@@ -30,6 +34,7 @@ from experiments.deploy.onnx import (
     separate,
     session,
 )
+from experiments.env import environment, environment_markdown, git_commit
 from experiments.evaluation.metrics import separation_metrics
 from experiments.registry import build_model, load_model
 
@@ -41,11 +46,22 @@ def _si_sdri(run, mixtures: list, sample_rate: int) -> float:
     return sum(scores) / len(scores)
 
 
+def row_key(name: str, cfg: dict) -> dict:
+    """What a model's row depends on: the code's commit, the export settings, the sample rate,
+    the seed and the weights (their file's sha256; None: untrained, seeded)."""
+    weights = Path("runs") / name / "model.pt"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    return {"commit": git_commit(), "export": cfg["export"],
+            "sample_rate": int(require(cfg, "data.sample_rate")), "seed": cfg["seed"],
+            "weights_sha256": digest}
+
+
 def export_row(name: str, cfg: dict, out_dir: Path, mixtures: list,
                long_audio: torch.Tensor) -> dict:
     ex, sample_rate = cfg["export"], int(require(cfg, "data.sample_rate"))
     weights = Path("runs") / name / "model.pt"
     trained = weights.is_file()
+    torch.manual_seed(int(cfg["seed"]))
     model = (load_model(weights) if trained else build_model(name, sample_rate=sample_rate)).eval()
     path = out_dir / f"{name}.onnx"
     row = {"model": name, "trained": trained,
@@ -69,13 +85,15 @@ def export_row(name: str, cfg: dict, out_dir: Path, mixtures: list,
     wav = long_audio[None, : 4 * sample_rate]
     row["int8_file_mb"] = int8_path.stat().st_size / 2**20
     row["int8_vs_fp32_db"] = parity_db(separate(fp32, wav), separate(int8, wav))
+    if not trained:  # SI-SDRi of random weights says nothing about int8's quality cost
+        return row
     row["si_sdri_eager"] = _si_sdri(eager, mixtures, sample_rate)
     row["si_sdri_onnx"] = _si_sdri(lambda w: separate(fp32, w), mixtures, sample_rate)
     row["si_sdri_int8"] = _si_sdri(lambda w: separate(int8, w), mixtures, sample_rate)
     return row
 
 
-def report(rows: pd.DataFrame, cfg: dict) -> str:
+def report(rows: pd.DataFrame, cfg: dict, env: dict) -> str:
     ex = cfg["export"]
     lines = ["# ONNX export and ONNX Runtime", "",
              f"Every model exported with torch's dynamo exporter (dynamic batch and length up to "
@@ -88,8 +106,9 @@ def report(rows: pd.DataFrame, cfg: dict) -> str:
     untrained = rows.loc[~rows["trained"], "model"].tolist()
     if untrained:
         lines += [f"Untrained weights ({', '.join(untrained)}): parity holds for any weights, "
-                  "but their int8 quality cost (SI-SDRi) is not known until they are trained.",
-                  ""]
+                  "but their int8 quality cost (SI-SDRi) is not known until they are trained "
+                  "(`runs/<model>/model.pt`), so it is not measured.", ""]
+    lines += ["## Environment of this report", "", environment_markdown(env)]
     return "\n".join(lines)
 
 
@@ -112,15 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(require(cfg, "export.out_dir"))
     rows = []
     for name in args.models or cfg["models"]:
+        # each model's row is kept beside its graph: a stopped run continues with the next model
+        done, key = out_dir / f"{name}.json", row_key(name, cfg)
+        kept = json.loads(done.read_text()) if done.is_file() else {}
+        if kept.get("key") == key:
+            print(f"[export] {name}: kept from {done}", flush=True)
+            rows.append(kept["row"])
+            continue
         print(f"[export] {name} ...", flush=True)
         rows.append(export_row(name, cfg, out_dir, mixtures, long_audio))
+        write_json(done, {"key": key, "row": rows[-1]})
         print(f"[export] {rows[-1]}", flush=True)
     table = pd.DataFrame(rows)
     if "trained" in table:
         table["trained"] = table["trained"].astype(bool)
     args.reports.mkdir(parents=True, exist_ok=True)
     write_text(args.reports / "onnx.csv", table.to_csv(index=False, float_format="%.4g"))
-    write_text(args.reports / "onnx.md", report(table, cfg))
+    env = environment(cfg["profile"], int(require(cfg, "export.threads")))
+    write_text(args.reports / "onnx.md", report(table, cfg, env))
     return 0
 
 
