@@ -7,13 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
 from experiments.deploy.onnx import export_onnx, parity_db, quantize_int8, separate, session
 from experiments.registry import REGISTRY, build_model, save_model
+from experiments.stages import export as export_stage
 from experiments.stages.separate import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["s4m_tiny", "s4m", "tdanet", "convtasnet", "dprnn", "sepformer"])
@@ -84,3 +88,26 @@ def test_separate_with_the_onnx_backend_matches_torch(tmp_path: Path, capsys) ->
     assert main(["--model", str(tmp_path / "c.pt"), "--backend", "onnx",
                  "--out", str(tmp_path / "c"), *common]) == 2
     assert "c.pt: does not export to ONNX (" in capsys.readouterr().err
+
+
+def test_export_stage_keeps_finished_rows(tmp_path: Path, monkeypatch) -> None:
+    """A model's row is redone only when what it depends on changed (here: its weights)."""
+    calls = []
+
+    def fake_row(name: str, *_) -> dict:
+        calls.append(name)
+        return {"model": name, "trained": False, "exported": False, "blocker": "b"}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(export_stage, "parity_audio", lambda cfg: ([], torch.zeros(1)))
+    monkeypatch.setattr(export_stage, "export_row", fake_row)
+    args = ["--params", str(REPO / "params.yaml"), "--models", "s4m_tiny", "convtasnet",
+            "--reports", str(tmp_path / "reports")]
+    assert export_stage.main(args) == 0 and calls == ["s4m_tiny", "convtasnet"]
+    assert export_stage.main(args) == 0 and calls == ["s4m_tiny", "convtasnet"]
+    (tmp_path / "runs" / "convtasnet").mkdir(parents=True)
+    (tmp_path / "runs" / "convtasnet" / "model.pt").write_bytes(b"trained weights")
+    assert export_stage.main(args) == 0 and calls == ["s4m_tiny", "convtasnet", "convtasnet"]
+    table = pd.read_csv(tmp_path / "reports" / "onnx.csv")
+    assert list(table["model"]) == ["s4m_tiny", "convtasnet"]
+    assert "## Environment of this report" in (tmp_path / "reports" / "onnx.md").read_text()

@@ -34,7 +34,7 @@ from experiments.deploy.onnx import (
     separate,
     session,
 )
-from experiments.env import environment, environment_markdown, git_commit
+from experiments.env import environment, environment_markdown
 from experiments.evaluation.metrics import separation_metrics
 from experiments.registry import build_model, load_model
 
@@ -46,14 +46,42 @@ def _si_sdri(run, mixtures: list, sample_rate: int) -> float:
     return sum(scores) / len(scores)
 
 
+REPO = Path(__file__).resolve().parents[2]
+# the code a row depends on (as a DVC stage's deps would list it)
+CODE = ("s4m", "baselines", "experiments/deploy", "experiments/registry.py",
+        "experiments/stages/export.py")
+
+
+def _sha256(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def row_key(name: str, cfg: dict) -> dict:
-    """What a model's row depends on: the code's commit, the export settings, the sample rate,
-    the seed and the weights (their file's sha256; None: untrained, seeded)."""
+    """What a model's row depends on: the export code, the export settings, the sample rate,
+    the seed and the weights (None: untrained, seeded)."""
+    code = sorted(p for root in (REPO / c for c in CODE)
+                  for p in ([root] if root.is_file() else root.rglob("*.py")))
     weights = Path("runs") / name / "model.pt"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-    return {"commit": git_commit(), "export": cfg["export"],
+    return {"code_sha256": _sha256(code), "export": cfg["export"],
             "sample_rate": int(require(cfg, "data.sample_rate")), "seed": cfg["seed"],
-            "weights_sha256": digest}
+            "weights_sha256": _sha256([weights]) if weights.is_file() else None}
+
+
+def parity_audio(cfg: dict) -> tuple[list, torch.Tensor]:
+    """`export.quality_mixtures` (mixture, sources) pairs of the test split, and their mixtures
+    joined (repeated) to the longest parity length."""
+    test = make_dataset(cfg["data"], "test", None)
+    count = min(int(require(cfg, "export.quality_mixtures")), len(test))
+    mixtures = [(test[i][0], test[i][1]) for i in range(count)]
+    longest = max(require(cfg, "export.parity_seconds")) * int(cfg["data"]["sample_rate"])
+    long_audio = torch.cat([mix for mix, _ in mixtures])
+    if long_audio.shape[-1] < longest:
+        long_audio = long_audio.repeat(-(-longest // long_audio.shape[-1]))
+    return mixtures, long_audio
 
 
 def export_row(name: str, cfg: dict, out_dir: Path, mixtures: list,
@@ -121,15 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_profile(args.params, args.profile)
     torch.set_num_threads(int(require(cfg, "export.threads")))
-    test = make_dataset(cfg["data"], "test", None)
-    count = min(int(require(cfg, "export.quality_mixtures")), len(test))
-    mixtures = [(test[i][0], test[i][1]) for i in range(count)]
-    longest = max(require(cfg, "export.parity_seconds")) * int(cfg["data"]["sample_rate"])
-    long_audio = torch.cat([mix for mix, _ in mixtures])
-    if long_audio.shape[-1] < longest:
-        long_audio = long_audio.repeat(-(-longest // long_audio.shape[-1]))
     out_dir = Path(require(cfg, "export.out_dir"))
-    rows = []
+    rows, audio = [], None
     for name in args.models or cfg["models"]:
         # each model's row is kept beside its graph: a stopped run continues with the next model
         done, key = out_dir / f"{name}.json", row_key(name, cfg)
@@ -139,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(kept["row"])
             continue
         print(f"[export] {name} ...", flush=True)
-        rows.append(export_row(name, cfg, out_dir, mixtures, long_audio))
+        audio = audio or parity_audio(cfg)
+        rows.append(export_row(name, cfg, out_dir, *audio))
         write_json(done, {"key": key, "row": rows[-1]})
         print(f"[export] {rows[-1]}", flush=True)
     table = pd.DataFrame(rows)
