@@ -14,7 +14,7 @@ import yaml
 from experiments.ablation.cell import cell_budget
 from experiments.config import ConfigError, load_profile
 from experiments.data.synthetic import build_synthetic_dataset
-from experiments.reporting.report import load_ablation
+from experiments.reporting.inputs import load_ablation
 from experiments.stages import ablate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.benchmark import opcost, speed
+from experiments.benchmark import opcost, speed, workers
 from experiments.benchmark.kernels import format_kernels, run_kernels_worker
 from experiments.config import ConfigError
 from experiments.registry import REGISTRY, build_model
@@ -18,7 +18,7 @@ TINY = speed.SpeedSettings.defaults(device="cpu", threads=1, infer_seconds=0.1, 
 
 
 def _tiny_spec(name: str) -> dict:
-    return {"model": name, "factory": speed.REGISTRY_FACTORY,
+    return {"model": name, "factory": workers.REGISTRY_FACTORY,
             "kwargs": {"name": name, "sample_rate": 8000, **REGISTRY[name].tiny},
             "sample_rate": 8000, "settings": vars(TINY)}
 
@@ -45,7 +45,7 @@ def test_replay_makes_an_op_free_and_keeps_the_output() -> None:
 
 def test_in_turn_with_op_profile_and_knockout() -> None:
     pair = [_tiny_spec("s4m_tiny"), _tiny_spec("convtasnet")]
-    result = speed.run_in_subprocess(
+    result = workers.run_in_subprocess(
         {"model": "pair", "kind": "infer", "pair": pair, "settings": vars(TINY), "profile": True,
          "knockout": 2}, 300, speed.run_in_turn_worker)
     assert list(result["times"]) == ["s4m_tiny", "convtasnet"] and result["threads"] == 1
@@ -74,7 +74,7 @@ def test_format_in_turn_with_compiled_copies() -> None:
 
 
 def test_kernels_splits_the_forward() -> None:
-    row = speed.run_in_subprocess(_tiny_spec("s4m_tiny"), 300, run_kernels_worker)
+    row = workers.run_in_subprocess(_tiny_spec("s4m_tiny"), 300, run_kernels_worker)
     assert row["forward_min_s"] <= row["forward_s"] <= row["forward_max_s"]
     assert row["kernel_s"] > 0
     assert row["rest_s"] == pytest.approx(row["forward_s"] - row["kernel_s"])

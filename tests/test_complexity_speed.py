@@ -15,7 +15,7 @@ from torch import nn
 
 import experiments.env
 from experiments import atomic
-from experiments.benchmark import speed
+from experiments.benchmark import speed, timing, workers
 from experiments.benchmark.goals import format_goals, goal_ratios
 from experiments.benchmark.onnxrt import onnx_inference
 from experiments.complexity import macs as complexity
@@ -221,7 +221,7 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
     small = [torch.ones(16_000) for _ in range(5_000)]  # 64 KB each
     pin = torch.ones(10)
     del small
-    with speed.PeakMemory(torch.device("cpu")) as mem:
+    with timing.PeakMemory(torch.device("cpu")) as mem:
         block = torch.ones(50_000_000)  # 200 MB, written so that it is resident
         del block
     assert mem.mib >= 150, (mem.mib, mem.method)
@@ -247,7 +247,7 @@ def test_a_failing_worker_names_the_model():
     spec = {"model": "broken", "factory": "asteroid.models:NoSuchModel", "kwargs": {},
             "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
     with pytest.raises(RuntimeError, match="'broken' failed"):
-        speed.run_in_subprocess(spec, timeout_s=300)
+        workers.run_in_subprocess(spec, 300, speed.run_worker)
 
 
 def test_a_worker_past_its_timeout_is_stopped():
@@ -255,15 +255,15 @@ def test_a_worker_past_its_timeout_is_stopped():
             "sample_rate": 8000, "settings": vars(TINY_SETTINGS)}
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"'stuck' ran past speed.timeout_s=2 s"):
-        speed.run_in_subprocess(spec, timeout_s=2)
+        workers.run_in_subprocess(spec, 2, speed.run_worker)
     assert time.monotonic() - start < 15
 
 
 def test_a_killed_worker_is_reported_as_died():
     spec = {"model": "aborts", "factory": "os:abort", "kwargs": {}, "sample_rate": 8000,
             "settings": vars(TINY_SETTINGS)}
-    with pytest.raises(speed.WorkerDied, match=r"'aborts' died \(exit code -6\)"):
-        speed.run_in_subprocess(spec, timeout_s=300)
+    with pytest.raises(workers.WorkerDied, match=r"'aborts' died \(exit code -6\)"):
+        workers.run_in_subprocess(spec, 300, speed.run_worker)
 
 
 def test_length_sweep_marks_a_slow_model_instead_of_failing():
@@ -326,7 +326,7 @@ def test_goal_pair_is_timed_in_turn_in_one_process(kind):
     pair = [{"model": name, "factory": "asteroid.models:ConvTasNet", "kwargs": kwargs,
              "sample_rate": 8000} for name, kwargs in
             (("a", TINY_CTN), ("b", {**TINY_CTN, "n_repeats": 2}))]
-    result = speed.run_in_subprocess({"model": "a + b", "kind": kind, "pair": pair,
+    result = workers.run_in_subprocess({"model": "a + b", "kind": kind, "pair": pair,
                                       "settings": settings}, 300, speed.run_in_turn_worker)
     assert result["kind"] == kind and list(result["times"]) == ["a", "b"]
     assert all(len(t) == 3 and min(t) > 0 for t in result["times"].values())

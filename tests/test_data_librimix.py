@@ -14,15 +14,8 @@ from scipy.signal import resample_poly
 
 from experiments.config import ConfigError
 from experiments.data import make_dataset
-from experiments.data.librimix import (
-    MAX_AMP,
-    build_librimix,
-    create_split,
-    extend_noise,
-    generate_metadata,
-    loudness_gains,
-    read_metadata,
-)
+from experiments.data.librimix import build_librimix, create_split, extend_noise, read_metadata
+from experiments.data.librimix_metadata import MAX_AMP, generate_metadata, loudness_gains
 
 LSB = 2.0**-15  # PCM_16 quantisation step
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from experiments.published import load_published
-from experiments.reporting import figures, paper, report
+from experiments.reporting import figures, inputs, paper, report
 from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 
 MODELS = ["s4m_tiny", "s4m", "convtasnet", "sepformer"]
@@ -226,7 +226,7 @@ def test_published_figures_without_conventions_are_rejected(tmp_path: Path) -> N
 # ---------------------------------------------------------------------------------- LaTeX
 def test_latex_escaping_through_pandas(check_side: tuple[Path, dict[str, Any]]) -> None:
     reports, _ = check_side
-    results = report.load_results(MODELS, reports, reports.parent / "runs")
+    results = inputs.load_results(MODELS, reports, reports.parent / "runs")
     results.loc[0, "model"] = "s4m_tiny & 50% #1"
     verdict = QualityRule(5.0, 100).judge(results["si_sdri_db"], results["steps"])
     latex = report.latex_table(report.results_display(results, verdict), "Results, profile x_y")
@@ -247,7 +247,7 @@ def test_ablation_report(check_side: tuple[Path, dict[str, Any]]) -> None:
 def test_partial_and_old_ablation_cells(tmp_path: Path) -> None:
     cells = [(3, 8, "s4", True), (5, 32, "s4", True), (3, 8, "s4d", False)]  # s4d: no cost
     reports, _ = _stage_outputs(tmp_path, si_sdri=-3.0, steps=20, cells=cells)
-    ablation, summaries = report.load_ablation(reports)
+    ablation, summaries = inputs.load_ablation(reports)
     assert len(ablation) == 3 and len(summaries) == 3
     s4d = ablation[ablation["ssm"] == "s4d"].iloc[0]
     assert s4d["steps"] == 20 and math.isnan(float(s4d["params_m"]))
@@ -257,9 +257,9 @@ def test_partial_and_old_ablation_cells(tmp_path: Path) -> None:
 
 
 def test_empty_ablation_grid(tmp_path: Path) -> None:
-    ablation, summaries = report.load_ablation(tmp_path)
+    ablation, summaries = inputs.load_ablation(tmp_path)
     assert ablation.empty and summaries == []
-    assert list(ablation.columns) == report.ABLATION_COLUMNS
+    assert list(ablation.columns) == inputs.ABLATION_COLUMNS
     verdict = QualityRule(5.0, 10).judge(ablation["si_sdri_db"], ablation["steps"])
     assert not verdict.is_result and verdict.reason == "no SI-SDRi values"
     figures.plot_ablation_heatmap(ablation, verdict, tmp_path / "heatmap.png")
@@ -270,7 +270,7 @@ def test_ablation_cell_without_settings_is_rejected(tmp_path: Path) -> None:
     reports, _ = _stage_outputs(tmp_path, si_sdri=-3.0, steps=20)
     _write(reports / "ablation/x/summary.json", {"count": 1, "metrics": _metrics(0.0)})
     with pytest.raises(ValueError, match=r"x/summary.json: no `cell` settings"):
-        report.load_ablation(reports)
+        inputs.load_ablation(reports)
 
 
 # ---------------------------------------------------------------------------------- figures

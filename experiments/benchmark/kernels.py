@@ -12,14 +12,14 @@ import torch
 from experiments.benchmark.speed import (
     DEVICE_SETTING,
     SpeedSettings,
-    load_factory,
     time_calls,
 )
+from experiments.benchmark.workers import load_factory
 from experiments.env import resolve_device
 
 
 def run_kernels_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The body of a worker process (`speed.run_in_subprocess`): the model must have S4M's
+    """The body of a worker process (`workers.run_in_subprocess`): the model must have S4M's
     `num_frames` and `block.kernel_ffts`."""
     settings = SpeedSettings(**spec["settings"])
     torch.set_num_threads(settings.threads)

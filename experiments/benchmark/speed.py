@@ -11,16 +11,12 @@ memory allocated before the calls.
 
 from __future__ import annotations
 
-import importlib
-import multiprocessing
 import os
 import statistics
 import tempfile
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from multiprocessing.connection import Connection
 from typing import Any
 from unittest import mock
 
@@ -31,10 +27,15 @@ from experiments.benchmark import opcost
 from experiments.benchmark.goals import GOAL_PAIRS, goal_ratios
 from experiments.benchmark.onnxrt import ONNX_COLUMNS, onnx_inference
 from experiments.benchmark.timing import PeakMemory, time_calls
+from experiments.benchmark.workers import (
+    WorkerDied,
+    WorkerTimeout,
+    load_factory,
+    run_in_subprocess,
+)
 from experiments.config import ConfigError, repo_defaults, require
 from experiments.env import cpu_has_bf16, resolve_device, runs_bf16
 
-REGISTRY_FACTORY = "experiments.registry:build_model"
 DEVICE_SETTING = "params.yaml: `speed.device`"
 # speed_vs_length.csv; status: ok | too_slow (past speed.length_timeout_s, or slower than that
 # at a shorter length) | died (the process was killed: out of memory, a signal)
@@ -243,14 +244,6 @@ def benchmark_model(model: nn.Module, settings: SpeedSettings, sample_rate: int,
     }
 
 
-def load_factory(path: str) -> Callable[..., nn.Module]:
-    """The callable a worker spec's "factory" names ("package.module:callable")."""
-    module, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"model factory {path!r}: expected 'package.module:callable'")
-    return getattr(importlib.import_module(module), attr)
-
-
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the model the spec names and benchmark it (the body of a worker process)."""
     settings = SpeedSettings(**spec["settings"])
@@ -332,65 +325,6 @@ def run_length_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "mem_method": mem.method}
 
 
-# ---- one process per model ----------------------------------------------------------------------
-
-
-class WorkerTimeout(RuntimeError):
-    """A worker ran past its time limit and was killed."""
-
-
-class WorkerDied(RuntimeError):
-    """A worker process was killed before it could report (out of memory, a signal)."""
-
-
-def _serve(conn: Connection, worker: Callable[[dict[str, Any]], dict[str, Any]],
-           spec: dict[str, Any]) -> None:
-    """The body of a worker process: sends ("ok", result) or ("error", repr, traceback)."""
-    try:
-        outcome: tuple = ("ok", worker(spec))
-    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
-        outcome = ("error", repr(err), traceback.format_exc())
-    conn.send(outcome)
-    conn.close()
-
-
-def run_in_subprocess(spec: dict[str, Any], timeout_s: float,
-                      worker: Callable[[dict[str, Any]], dict[str, Any]] = run_worker,
-                      limit_name: str = "speed.timeout_s") -> dict[str, Any]:
-    """`worker(spec)` in a fresh process of its own (from a forkserver that has imported the
-    registry's libraries but run nothing); a failure or a timeout raises naming the model."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([REGISTRY_FACTORY.partition(":")[0]])
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_serve, args=(send, worker, spec))
-    # OMP/MKL thread counts in the environment only while the worker (and, the first time,
-    # the forkserver, whose OpenMP runtime reads them once) starts
-    threads = str(spec["settings"]["threads"])
-    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
-        proc.start()
-    send.close()
-    try:
-        if not receive.poll(timeout_s):
-            proc.kill()
-            raise WorkerTimeout(f"speed worker for {spec['model']!r} ran past "
-                                f"{limit_name}={timeout_s:g} s")
-        try:
-            status, *outcome = receive.recv()
-        except EOFError:  # killed (out of memory, a signal) before it could report
-            proc.join()
-            raise WorkerDied(f"speed worker for {spec['model']!r} died "
-                             f"(exit code {proc.exitcode})") from None
-    finally:
-        receive.close()
-        proc.join()
-    if status == "ok":
-        return outcome[0]
-    error, remote_traceback = outcome
-    failure = RuntimeError(f"speed worker for {spec['model']!r} failed: {error}")
-    failure.add_note(f"in the worker process:\n{remote_traceback}")
-    raise failure
-
-
 def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
                 published: dict[str, Any]) -> dict[str, Any]:
     """One row (COLUMNS) per model, each measured in a process of its own; then the goal pairs
@@ -398,7 +332,7 @@ def speed_table(specs: Iterable[dict[str, Any]], timeout_s: float,
     rows, raw, by_name = [], {}, {}
     for spec in specs:
         print(f"[speed] {spec['model']} ...", flush=True)
-        result = run_in_subprocess(spec, timeout_s)
+        result = run_in_subprocess(spec, timeout_s, run_worker)
         raw[spec["model"]] = {"infer_s_all": result.pop("infer_s_all"),
                               "train_step_s_all": result.pop("train_step_s_all")}
         rows.append({col: result.get(col) for col in COLUMNS})

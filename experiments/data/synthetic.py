@@ -20,11 +20,11 @@ import soundfile as sf
 from scipy.fft import next_fast_len
 
 from experiments.atomic import write_text
-from experiments.data import librimix
+from experiments.data import librimix, librimix_metadata
 from experiments.data.audio import parallel_map, resample, write_audio
 
 ESPEAK_RATE = 22050
-RATE = librimix.RATE
+RATE = librimix_metadata.RATE
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
            "en-gb-x-gbcwmd")
 VARIANTS = {"m1": "M", "m2": "M", "m3": "M", "m4": "M", "m5": "M", "m6": "M", "m7": "M",
@@ -292,7 +292,7 @@ def write_corpora(
     lines = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
     speaker_jobs, babble_jobs, noise_jobs = [], [], []
     for code, (split, noise_split) in enumerate(SPLITS.items()):
-        subset, n_mix = librimix.SUBSETS[split], n_mixtures[split]
+        subset, n_mix = librimix_metadata.SUBSETS[split], n_mixtures[split]
         spk = speakers[split]
         per_speaker = math.ceil((2 * n_mix * 1.05 + 4) / len(spk))
         for s in spk:

@@ -12,7 +12,8 @@ from typing import Any
 from experiments.atomic import write_text
 from experiments.config import require
 from experiments.reporting.figures import plot_ablation_heatmap
-from experiments.reporting.report import load_ablation, markdown_table
+from experiments.reporting.inputs import load_ablation
+from experiments.reporting.report import markdown_table
 from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 from experiments.results.figures import plot_global_layers
 

@@ -47,14 +47,13 @@ from experiments.benchmark.speed import (
     COMPILED_COLUMNS,
     DEVICE_SETTING,
     LENGTH_COLUMNS,
-    REGISTRY_FACTORY,
     SpeedSettings,
     format_in_turn,
     length_table,
-    run_in_subprocess,
     run_in_turn_worker,
     speed_table,
 )
+from experiments.benchmark.workers import REGISTRY_FACTORY, run_in_subprocess
 from experiments.config import load_profile, require
 from experiments.env import environment, resolve_device
 from experiments.published import load_published
