@@ -123,19 +123,26 @@ def export_row(name: str, cfg: dict, out_dir: Path, mixtures: list,
 
 def report(rows: pd.DataFrame, cfg: dict, env: dict) -> str:
     ex = cfg["export"]
+    shown = rows.astype(object).where(rows.notna(), "")  # blank where a model has no value
+    if "parity_ok" in rows:
+        shown["parity_ok"] = rows["parity_ok"].map({True: "yes", False: "no"}).fillna("")
     lines = ["# ONNX export and ONNX Runtime", "",
              f"Every model exported with torch's dynamo exporter (dynamic batch and length up to "
              f"{ex['max_seconds']:g} s); parity is the SI-SDR (dB) of ONNX Runtime's float32 "
              f"output against eager PyTorch on test audio of {ex['parity_seconds']} s (required: "
              f"{PARITY_DB:g} dB); int8 is ONNX Runtime's dynamic quantization, compared "
-             f"with float32 on 4 s; SI-SDRi over {ex['quality_mixtures']} test mixtures; "
-             f"{ex['threads']} thread(s).", "",
-             rows.to_markdown(index=False, floatfmt=".4g"), ""]
+             f"with float32 on 4 s; SI-SDRi of trained weights over {ex['quality_mixtures']} "
+             f"test mixtures; {ex['threads']} thread(s).", "",
+             shown.to_markdown(index=False, floatfmt=".4g"), ""]
+    if "parity_ok" in rows:
+        below = rows.loc[rows["parity_ok"].eq(False), "model"].tolist()
+        if below:
+            lines += [f"Below {PARITY_DB:g} dB parity at some length: {', '.join(below)}.", ""]
     untrained = rows.loc[~rows["trained"], "model"].tolist()
     if untrained:
-        lines += [f"Untrained weights ({', '.join(untrained)}): parity holds for any weights, "
-                  "but their int8 quality cost (SI-SDRi) is not known until they are trained "
-                  "(`runs/<model>/model.pt`), so it is not measured.", ""]
+        lines += [f"Untrained weights ({', '.join(untrained)}): parity and int8's distance "
+                  "from float32 are measured on them; int8's quality cost (SI-SDRi) needs "
+                  "trained weights (`runs/<model>/model.pt`) and is not measured.", ""]
     lines += ["## Environment of this report", "", environment_markdown(env)]
     return "\n".join(lines)
 
@@ -165,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(done, {"key": key, "row": rows[-1]})
         print(f"[export] {rows[-1]}", flush=True)
     table = pd.DataFrame(rows)
-    if "trained" in table:
-        table["trained"] = table["trained"].astype(bool)
+    for column in ("trained", "parity_ok"):
+        if column in table:
+            table[column] = table[column].astype("boolean")
     args.reports.mkdir(parents=True, exist_ok=True)
     write_text(args.reports / "onnx.csv", table.to_csv(index=False, float_format="%.4g"))
     env = environment(cfg["profile"], int(require(cfg, "export.threads")))
