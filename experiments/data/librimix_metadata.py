@@ -58,6 +58,19 @@ def read_speakers(librispeech_root: str | Path) -> dict[str, str]:
     return sexes
 
 
+def _long_enough(df: pd.DataFrame, min_seconds: float, folder: Path, label: str,
+                 what: str) -> pd.DataFrame:
+    """A scan's files of at least `min_seconds`, sorted by length; how many were shorter is
+    printed; none found at all is an error naming the folder."""
+    if df.empty:
+        raise ValueError(f"{folder}: no {what} found")
+    kept = df[df["length"] >= min_seconds * RATE]
+    if len(kept) < len(df):
+        print(f"{label}: skipped {len(df) - len(kept)} of {len(df)} {what.split(' ', 1)[1]} "
+              f"shorter than {min_seconds} s")
+    return kept.sort_values("length", kind="stable").reset_index(drop=True)
+
+
 def scan_librispeech(librispeech_root: str | Path, subset: str,
                      min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
     """Utterances of at least `min_seconds` (the recipe's 3 s) in one subset, sorted by length
@@ -73,13 +86,7 @@ def scan_librispeech(librispeech_root: str | Path, subset: str,
         length = check_audio(path, RATE, (1,))
         rows.append((speaker, sexes[speaker], subset, length, path.relative_to(root).as_posix()))
     df = pd.DataFrame(rows, columns=["speaker_ID", "sex", "subset", "length", "origin_path"])
-    if df.empty:
-        raise ValueError(f"{subset_dir}: no .flac utterances found")
-    kept = df[df["length"] >= min_seconds * RATE]
-    if len(kept) < len(df):
-        print(f"{subset}: skipped {len(df) - len(kept)} of {len(df)} utterances shorter than "
-              f"{min_seconds} s")
-    return kept.sort_values("length", kind="stable").reset_index(drop=True)
+    return _long_enough(df, min_seconds, subset_dir, subset, ".flac utterances")
 
 
 def scan_wham_noise(wham_root: str | Path, noise_split: str,
@@ -93,13 +100,7 @@ def scan_wham_noise(wham_root: str | Path, noise_split: str,
         augmented = "sp08" in path.name or "sp12" in path.name
         rows.append((path.name, noise_split, length, augmented, path.relative_to(root).as_posix()))
     df = pd.DataFrame(rows, columns=["noise_ID", "subset", "length", "augmented", "origin_path"])
-    if df.empty:
-        raise ValueError(f"{split_dir}: no .wav noise files found")
-    kept = df[df["length"] >= min_seconds * RATE]
-    if len(kept) < len(df):
-        print(f"{noise_split}: skipped {len(df) - len(kept)} of {len(df)} noise files shorter "
-              f"than {min_seconds} s")
-    return kept.sort_values("length", kind="stable").reset_index(drop=True)
+    return _long_enough(df, min_seconds, split_dir, noise_split, ".wav noise files")
 
 
 # ---------------------------------------------------------------- metadata generation
