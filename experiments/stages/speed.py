@@ -40,6 +40,7 @@ import torch
 from experiments.atomic import write_table, write_text
 from experiments.benchmark.goals import format_goals
 from experiments.benchmark.kernels import format_kernels, run_kernels_worker
+from experiments.benchmark.onnxrt import ONNX_COLUMNS
 from experiments.benchmark.opcost import format_knockout, format_profile
 from experiments.benchmark.speed import (
     BF16_COLUMNS,
@@ -75,7 +76,8 @@ def table(args: argparse.Namespace, cfg: dict, settings: SpeedSettings, specs: l
                pd.DataFrame(lengths, columns=list(LENGTH_COLUMNS)).to_csv(index=False))
     csv_path, json_path = write_table(payload, args.out_dir, "speed", COLUMNS)
     shown = [*SHOWN, *(COMPILED_COLUMNS if settings.compile else ()),
-             *(BF16_COLUMNS if settings.runs_bf16(device) else ())]
+             *(BF16_COLUMNS if settings.runs_bf16(device) else ()),
+             *(ONNX_COLUMNS if settings.runs_onnx(device) else ())]
     print(pd.DataFrame(payload["rows"])[shown].to_string(index=False, float_format="%.3f"))
     print(format_goals(payload["summary"]))
     print(pd.DataFrame(lengths).to_string(index=False, float_format="%.3f"))
