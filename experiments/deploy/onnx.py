@@ -131,6 +131,20 @@ def parity_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     return float(scores.min())
 
 
+def export_with_int8(model: torch.nn.Module, path: Path, max_seconds: float,
+                     threads: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`export_onnx` to `path` and its dynamic int8 copy beside it (`<stem>.int8.onnx`):
+    (export info with `int8_file_mb`, {"fp32": session, "int8": session}); no sessions when
+    the model does not export."""
+    info = export_onnx(model, path, max_seconds)
+    if not info["exported"]:
+        return info, {}
+    int8_path = path.with_suffix(".int8.onnx")
+    quantize_int8(path, int8_path)
+    info["int8_file_mb"] = int8_path.stat().st_size / 2**20
+    return info, {"fp32": session(path, threads), "int8": session(int8_path, threads)}
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """ONNX Runtime dynamic quantization of `source` (int8 weights) to `target`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

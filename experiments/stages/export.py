@@ -26,14 +26,7 @@ import torch
 from experiments.atomic import write_json, write_text
 from experiments.config import load_profile, require
 from experiments.data import make_dataset
-from experiments.deploy.onnx import (
-    PARITY_DB,
-    export_onnx,
-    parity_db,
-    quantize_int8,
-    separate,
-    session,
-)
+from experiments.deploy.onnx import PARITY_DB, export_with_int8, parity_db, separate
 from experiments.env import environment, environment_markdown
 from experiments.evaluation.metrics import separation_metrics
 from experiments.registry import build_model, load_model
@@ -91,27 +84,23 @@ def export_row(name: str, cfg: dict, out_dir: Path, mixtures: list,
     trained = weights.is_file()
     torch.manual_seed(int(cfg["seed"]))
     model = (load_model(weights) if trained else build_model(name, sample_rate=sample_rate)).eval()
-    path = out_dir / f"{name}.onnx"
-    row = {"model": name, "trained": trained,
-           **export_onnx(model, path, float(require(cfg, "export.max_seconds")))}
-    if not row["exported"]:
+    info, runs = export_with_int8(model, out_dir / f"{name}.onnx",
+                                  float(require(cfg, "export.max_seconds")), int(ex["threads"]))
+    row = {"model": name, "trained": trained, **info}
+    if not runs:
         return row
 
     def eager(wav: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(wav)
 
-    fp32 = session(path, int(ex["threads"]))
+    fp32, int8 = runs["fp32"], runs["int8"]
     for seconds in ex["parity_seconds"]:
         wav = long_audio[None, : int(seconds * sample_rate)]
         row[f"parity_db_{seconds:g}s"] = parity_db(eager(wav), separate(fp32, wav))
     row["parity_ok"] = all(row[f"parity_db_{s:g}s"] >= PARITY_DB
                            for s in ex["parity_seconds"])
-    int8_path = out_dir / f"{name}.int8.onnx"
-    quantize_int8(path, int8_path)
-    int8 = session(int8_path, int(ex["threads"]))
     wav = long_audio[None, : 4 * sample_rate]
-    row["int8_file_mb"] = int8_path.stat().st_size / 2**20
     row["int8_vs_fp32_db"] = parity_db(separate(fp32, wav), separate(int8, wav))
     if not trained:  # SI-SDRi of random weights says nothing about int8's quality cost
         return row
