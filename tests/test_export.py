@@ -3,6 +3,7 @@ ONNX Runtime at any batch and length; models that cannot export are reported wit
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from s4m import GlobLN
 
-from experiments.deploy.onnx import export_onnx, parity_db, quantize_int8, separate, session
+from experiments.deploy.onnx import (TwoLevelGroupNorm, export_onnx, parity_db, quantize_int8,
+                                     separate, session, with_two_level_norms)
 from experiments.registry import REGISTRY, build_model, save_model
 from experiments.stages import export as export_stage
 from experiments.stages.separate import main
@@ -42,6 +45,33 @@ def test_exports_and_matches_eager(name: str, tmp_path: Path) -> None:
     quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx")
     wav = torch.randn(1, 8000)
     assert separate(session(tmp_path / "m8.onnx"), wav).shape == (1, 2, 8000)
+
+
+def test_two_level_norms_compute_the_same_norm_and_keep_precision_in_onnx_runtime(
+        tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.GroupNorm(1, 128, eps=1e-8), GlobLN(128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(0.5, 1.5)
+    two_level = with_two_level_norms(copy.deepcopy(model))
+    assert all(isinstance(m, TwoLevelGroupNorm) for m in two_level)
+    x = torch.randn(2, 128, 16000) * 3 + 1.5  # 16 s of frames at S4M-tiny's 1 kHz frame rate
+    reference = model.double()(x.double())
+    torch.testing.assert_close(copy.deepcopy(two_level).double()(x.double()), reference)
+    # 4-D maps (SpeechBrain's dual-path norms): statistics over every non-batch dim
+    x4 = torch.randn(2, 8, 5, 7)
+    norm4 = torch.nn.Sequential(torch.nn.GroupNorm(1, 8))
+    torch.testing.assert_close(with_two_level_norms(copy.deepcopy(norm4))(x4), norm4(x4))
+    db = {}
+    for name, module in (("group_norm", model.float()), ("two_level", two_level)):
+        program = torch.onnx.export(module, (x[..., :1000],), dynamo=True, verbose=False,
+                                    dynamic_shapes=({2: torch.export.Dim("t", max=20000)},))
+        program.save(str(tmp_path / f"{name}.onnx"))
+        sess = session(tmp_path / f"{name}.onnx")
+        out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+        db[name] = parity_db(reference, out)  # the lowest over channels
+    assert db["two_level"] >= 110 and db["two_level"] >= db["group_norm"] + 20, db
 
 
 def test_a_model_that_does_not_export_gets_a_blocker(tmp_path: Path) -> None:
