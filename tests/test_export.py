@@ -12,13 +12,20 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from s4m import GlobLN
 
-from experiments.deploy.onnx import (TwoLevelGroupNorm, export_onnx, parity_db, quantize_int8,
-                                     separate, session, with_two_level_norms)
+from experiments.deploy.onnx import (
+    TwoLevelGroupNorm,
+    export_onnx,
+    parity_db,
+    quantize_int8,
+    separate,
+    session,
+    with_two_level_norms,
+)
 from experiments.registry import REGISTRY, build_model, save_model
 from experiments.stages import export as export_stage
 from experiments.stages.separate import main
+from s4m import GlobLN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from s4m import GlobLN
-
 from experiments.atomic import atomic_path
 from experiments.evaluation.metrics import si_sdr
 from experiments.registry import export_ready, frame_for_export
+from s4m import GlobLN
 
 OPSET = 18
 MAX_BATCH = 64
