@@ -2,8 +2,9 @@
 
 Public API: `S4M` (with `S4M.param_groups` for optimizers), `build_s4m` and `CONFIGS` (S4M-tiny,
 S4M, TDANet), the S4 layer and kernels, the other global layers (`SelectiveSSM`,
-`SelfAttention`), `GlobLN` (the global layer norm of every block), `SSM_MODULES` (the module types that make up the SSMs) and `fused` (the CPU
-fast path, on by default; `fused.enabled(False)` runs the plain reference modules).
+`SelfAttention`), `GlobLN` (the global layer norm of every block), `SSM_MODULES` (the module
+types that make up the SSMs) and `fused` (the CPU fast path, on by default;
+`fused.enabled(False)` runs the plain reference modules).
 """
 
 from . import fused
