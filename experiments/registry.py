@@ -199,17 +199,19 @@ def export_ready(model: torch.nn.Module,
     """`model` as graph exporters (torch.export, ONNX) should trace it, and its input framing.
     S4M-family models: their SSM kernels frozen for inputs up to `max_seconds` (ONNX has no
     complex types) inside `s4m.export.FramedS4M`, which takes the waveform zero-padded by the
-    caller (`frame_for_export` with the returned framing). asteroid baselines: a copy whose
+    caller (`frame_for_export` with the returned framing). Other models: a copy whose asteroid
     gLN layers are the equivalent `GroupNorm` (`baselines.asteroid_models.with_group_norms`),
-    on raw waveforms, framing None; others: the model itself."""
-    if type(model).__name__ == "S4M":  # s4m_tiny, s4m, tdanet and their variants
-        from s4m.export import FramedS4M, framing, with_frozen_kernels
+    on raw waveforms, framing None. Every global layer norm as `s4m.export.TwoLevelGroupNorm`
+    (the same function; ONNX Runtime keeps its precision on long inputs)."""
+    from s4m.export import FramedS4M, framing, with_frozen_kernels, with_two_level_norms
 
+    if type(model).__name__ == "S4M":  # s4m_tiny, s4m, tdanet and their variants
         frames = model.num_frames(math.ceil(max_seconds * model.sample_rate))
-        return FramedS4M(with_frozen_kernels(model, frames)).eval(), framing(model)
+        ready = FramedS4M(with_frozen_kernels(model, frames))
+        return with_two_level_norms(ready).eval(), framing(model)
     from baselines.asteroid_models import with_group_norms
 
-    return with_group_norms(model).eval(), None
+    return with_two_level_norms(with_group_norms(model)).eval(), None
 
 
 def frame_for_export(wav: torch.Tensor, framing: dict[str, int]) -> tuple[torch.Tensor, int]:

@@ -13,19 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from experiments.deploy.onnx import (
-    TwoLevelGroupNorm,
-    export_onnx,
-    parity_db,
-    quantize_int8,
-    separate,
-    session,
-    with_two_level_norms,
-)
+from experiments.deploy.onnx import export_onnx, parity_db, quantize_int8, separate, session
 from experiments.registry import REGISTRY, build_model, save_model
 from experiments.stages import export as export_stage
 from experiments.stages.separate import main
-from s4m import GlobLN
+from s4m.blocks import GlobLN
+from s4m.export import TwoLevelGroupNorm, with_two_level_norms
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,7 @@
 
 Export uses torch's dynamo exporter (opset OPSET) with a dynamic batch and a dynamic length up
 to `max_seconds`; a model that does not export gets the exporter's innermost error as its
-blocker instead of a file. Global layer norms are exported with their statistics taken in two
-levels (`TwoLevelGroupNorm`). int8 is ONNX Runtime's dynamic quantization (weights int8, activations
+blocker instead of a file. int8 is ONNX Runtime's dynamic quantization (weights int8, activations
 quantized per call), which needs no calibration data.
 """
 
@@ -16,12 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from experiments.atomic import atomic_path
 from experiments.evaluation.metrics import si_sdr
 from experiments.registry import export_ready, frame_for_export
-from s4m import GlobLN
 
 OPSET = 18
 MAX_BATCH = 64
@@ -37,45 +34,6 @@ def blocker(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-class TwoLevelGroupNorm(nn.Module):
-    """`GroupNorm(1, C)` on (B, C, ...) with its mean and variance taken as means over the
-    channels, then over the rest: the same function, for export. ONNX Runtime's float32
-    InstanceNormalization and ReduceMean over one whole (C x T) map lose precision with the
-    map's size (relative error 3e-5 at C=128, 16 s of frames, against 3e-7 in two levels), which
-    costs models with global norms their parity with eager on long inputs."""
-
-    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
-        super().__init__()
-        self.weight = None if weight is None else nn.Parameter(weight.detach().clone())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rest = tuple(range(2, x.ndim))
-        mean = x.mean(1, keepdim=True).mean(rest, keepdim=True)
-        centered = x - mean
-        var = centered.square().mean(1, keepdim=True).mean(rest, keepdim=True)
-        y = centered * torch.rsqrt(var + self.eps)
-        shape = (-1,) + (1,) * len(rest)
-        if self.weight is not None:
-            y = y * self.weight.view(shape)
-        return y if self.bias is None else y + self.bias.view(shape)
-
-
-def with_two_level_norms(model: nn.Module) -> nn.Module:
-    """`model` (changed in place) with every global layer norm (torch's `GroupNorm(1, C)`,
-    S4M's `GlobLN`) replaced by the equivalent `TwoLevelGroupNorm`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.GroupNorm) and module.num_groups == 1:
-            norm = TwoLevelGroupNorm(module.weight, module.bias, module.eps)
-        elif isinstance(module, GlobLN):
-            norm = TwoLevelGroupNorm(module.gamma, module.beta, module.eps)
-        else:
-            continue
-        model.set_submodule(name, norm)
-    return model
-
-
 def export_onnx(model: torch.nn.Module, path: Path, max_seconds: float,
                 example_seconds: float = 1.0) -> dict[str, Any]:
     """Writes `model` to `path` as ONNX and checks it; returns {exported, file_mb, export_s} or
@@ -86,7 +44,6 @@ def export_onnx(model: torch.nn.Module, path: Path, max_seconds: float,
 
     sample_rate = model.sample_rate
     ready, framing = export_ready(model, max_seconds)
-    ready = with_two_level_norms(ready)  # export_ready's model is a copy
     example = torch.randn(2, math.ceil(min(example_seconds, max_seconds) * sample_rate))  # 2: a
     # size of 1 would be fixed
     longest = math.ceil(max_seconds * sample_rate)
