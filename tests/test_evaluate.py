@@ -31,7 +31,8 @@ TINY_CONVTASNET = dict(n_filters=16, bn_chan=16, hid_chan=16, skip_chan=16, n_bl
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     build_synthetic_dataset(root, n_train=2, n_dev=2, n_test=3, n_speakers=6, seed=0,
-                            types=("mix_clean",), workers=1, progress=False)
+                            types=("mix_clean",), workers=1, progress=False,
+                            speech_seconds=(1.0, 1.5))  # short: bf16 is emulated on most CPUs
     return root
 
 
