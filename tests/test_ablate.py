@@ -66,3 +66,19 @@ def test_ablate_stage_writes_settings_cost_and_budget(tmp_path: Path,
     (row,) = load_ablation(Path("reports"))[0].to_dict("records")
     assert (row["num_scales"], row["d_state"], row["ssm"], row["steps"]) == (2, 4, "s4d", 1)
     assert row["params_m"] == cost["params_m"]
+
+
+def test_a_cells_cost_times_eager_pytorch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost columns are params, MACs and eager 1-thread times: no ONNX export per cell,
+    whatever `speed.onnx` says for the speed stage."""
+    from experiments.ablation import cell
+    from experiments.benchmark import speed
+    from experiments.registry import REGISTRY, build_model
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("an ablation cell exported its model to ONNX")
+
+    monkeypatch.setattr(speed, "onnx_inference", no_export)
+    model = build_model("s4m_tiny", **REGISTRY["s4m_tiny"].tiny)
+    cost = cell.measure_cost(model, 0.25, 8000)
+    assert cost["params_m"] > 0 and cost["infer_s_median"] > 0 and cost["threads"] == 1

@@ -32,7 +32,7 @@ def measure_cost(model: torch.nn.Module, seconds: float, sample_rate: int,
     row, _ = measure("cell", model, seconds, sample_rate, seed)
     settings = SpeedSettings.defaults(device="cpu", threads=1, infer_seconds=seconds, warmup=1,
                                       repeats=3, train_batch=1, train_seconds=seconds,
-                                      train_repeats=1, compile=False, bf16=False)
+                                      train_repeats=1, compile=False, bf16=False, onnx=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
