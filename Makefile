@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 unexport PYTHONPATH PYTHONHOME
 
-.PHONY: setup repro results results-ablation results-global test lint bench gpu-check clean-venv
+.PHONY: setup repro results results-ablation results-global results-onnx test lint bench gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -29,6 +29,11 @@ results-ablation: setup
 results-global: setup
 	@dvc repro prepare
 	@python -m experiments.stages.results --ablation global
+
+# The results models (first seed each) exported to ONNX, with int8's SI-SDRi cost on weights
+# that separate: reports/cpu/onnx.{csv,md}
+results-onnx: setup
+	@python -m experiments.stages.export --results
 
 test: setup
 	@python -m pytest -q

@@ -141,3 +141,39 @@ def test_export_stage_keeps_finished_rows(tmp_path: Path, monkeypatch) -> None:
     table = pd.read_csv(tmp_path / "reports" / "onnx.csv")
     assert list(table["model"]) == ["s4m_tiny", "convtasnet"]
     assert "## Environment of this report" in (tmp_path / "reports" / "onnx.md").read_text()
+
+
+def test_export_stage_takes_the_results_weights_and_labels_si_sdri_by_the_quality_rule(
+        tmp_path: Path, monkeypatch) -> None:
+    """`--results` exports the results models with their first seed's weights into the results
+    report folder; SI-SDRi reads "training check" until the quality rule holds, and the report
+    names the models whose int8 keeps float32's SI-SDRi."""
+    from experiments.config import load_profile
+
+    weights, steps = {}, {"value": 50}
+
+    def fake_row(name: str, cfg: dict, out_dir: Path, mixtures: list, audio: torch.Tensor,
+                 path: Path) -> dict:
+        weights[name] = path
+        cost = 0.1 if name.startswith("s4m") else 0.5
+        return {"model": name, "trained": True, "steps": steps["value"], "exported": True,
+                "si_sdri_eager": 9.0, "si_sdri_onnx": 9.0, "si_sdri_int8": 9.0 - cost}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(export_stage, "parity_audio", lambda cfg: ([], torch.zeros(1)))
+    monkeypatch.setattr(export_stage, "export_row", fake_row)
+    params = str(REPO / "params.yaml")
+    results = load_profile(params)["results"]
+    args = ["--params", params, "--results", "--reports", str(tmp_path / "reports")]
+    assert export_stage.main(args) == 0
+    assert weights == {m: Path(results["runs_dir"]) / m / f"seed{results['seeds'][m][0]}" /
+                       "model.pt" for m in results["models"]}
+    text = (tmp_path / "reports" / "onnx.md").read_text()
+    assert "training check, not a result" in text and "fewest training steps 50 < 1000" in text
+    assert "(within 0.2 dB): s4m_tiny@cpu; does not: sudormrf@cpu, convtasnet@cpu." in text
+    steps["value"] = 5000
+    for row in Path("runs/onnx").glob("*.json"):
+        row.unlink()
+    assert export_stage.main(args) == 0
+    text = (tmp_path / "reports" / "onnx.md").read_text()
+    assert "training check" not in text and "SI-SDRi of trained weights (best" in text
