@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,29 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(
     assert full["rank_weight_digests"] == resumed["rank_weight_digests"]
     other_seed = train(dict(cfg, seed=1), model, tmp_path / "seed1", overrides)
     assert other_seed["rank_weight_digests"] != full["rank_weight_digests"]  # test can fail
+
+
+def test_a_sigterm_stops_training_with_an_error_and_a_rerun_resumes(
+        prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning ends a fit on SIGTERM (a cluster's preemption, a stopped results run) as if it
+    had succeeded; the trainer must fail instead, without outputs, so that no caller takes the
+    run for finished."""
+    cfg = _cfg(prepared, val_check_interval=2)
+    original_step = trainer_module.SeparationSystem.training_step
+
+    def preempted(self, batch, batch_nb):
+        if self.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, batch, batch_nb)
+
+    monkeypatch.setattr(trainer_module.SeparationSystem, "training_step", preempted)
+    with pytest.raises(KeyboardInterrupt, match="stopped by SIGTERM"):
+        train(cfg, "convtasnet", tmp_path, TINY_CONVTASNET)
+    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "train_metrics.json").exists()
+    monkeypatch.setattr(trainer_module.SeparationSystem, "training_step", original_step)
+    resumed = train(cfg, "convtasnet", tmp_path, TINY_CONVTASNET)
+    assert resumed is not None and resumed["resumed"] and resumed["steps"] == 6
 
 
 def test_outputs_model_metrics_and_curves(prepared: Path, tmp_path: Path) -> None:

@@ -254,7 +254,13 @@ def train(cfg: dict[str, Any], model_name: str, out_dir: str | Path,
         # EpochSampler resumes mid-epoch itself; Lightning cannot see that and warns otherwise
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         fit_started = time.monotonic()
-        trainer.fit(system, ckpt_path=str(last) if resume else None, weights_only=True)
+        try:
+            trainer.fit(system, ckpt_path=str(last) if resume else None, weights_only=True)
+        except SystemExit as stop:  # Lightning ends a fit on SIGTERM with exit status 0
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt(f"train: stopped by SIGTERM; run again to resume from "
+                                        f"{last}") from stop
+            raise
         fit_time = time.monotonic() - fit_started
         train_wall = system.wall_s()
     if trainer.interrupted:
