@@ -152,10 +152,14 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     command = [sys.executable, "-m", "experiments.stages.results", "--params",
                str(tmp_path / "params.yaml")]
+    stale = tmp_path / "out" / "complexity.csv"  # e.g. committed, counted by older code
+    stale.parent.mkdir()
+    stale.write_text("model,macs_g_per_s_fvcore\nconvtasnet@cpu,1e-6\ns4m_tiny@cpu,1e-6\n")
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                            stdin=subprocess.DEVNULL)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "0 of 3 runs done" in first.stdout
+    assert pd.read_csv(stale)["macs_g_per_s_fvcore"].gt(0.01).all()  # counted afresh
 
     out = tmp_path / "out"
     summary = pd.read_csv(out / "summary.csv")

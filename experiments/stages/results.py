@@ -2,8 +2,8 @@
 
 `python -m experiments.stages.results [--params params.yaml] [--report-only] [--ablation]`
 
-1. MACs of every results model (the complexity stage, written to `<out_dir>/complexity.csv`):
-   the equal-MAC training budget needs them;
+1. MACs of every results model (the complexity stage, written to `<out_dir>/complexity.csv`;
+   counted afresh when no run has started): the equal-MAC training budget needs them;
 2. every (model, seed) of params.yaml `results`, `results.parallel_runs` at a time, each in its
    own process on the profile's `threads`: training (the train stage, into
    `<runs_dir>/<model>/seed<k>`), then evaluation on the whole test split (the evaluate stage,
@@ -164,7 +164,11 @@ def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
     elif not args.report_only:
         complexity = out_dir / "complexity.csv"
         counted = [*results["models"], *(results.get("left_out") or {})]
-        if not complexity.is_file() or set(pd.read_csv(complexity)["model"]) != set(counted):
+        # counted afresh when no run has started (a committed count may predate the counting
+        # code); an interrupted set of runs keeps the counts its step budgets came from
+        started_runs = any(run.run_dir.exists() for run in runs)
+        if (not started_runs or not complexity.is_file()
+                or set(pd.read_csv(complexity)["model"]) != set(counted)):
             print("[results] counting MACs of the results models ...", flush=True)
             _stage(["experiments.stages.complexity", "--profile", profile, "--params",
                     args.params, "--out-dir", str(out_dir), "--models", *counted],
