@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,27 @@ class ConfigError(ValueError):
     """A setting in params.yaml is missing or invalid; the message names it."""
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads exponent floats without a dot (`3e-3`) as floats, as YAML 1.2, DVC
+    and Python do; YAML 1.1 (PyYAML) reads them as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: Any) -> Any:
+    """YAML text or stream -> Python values (safe; `_Loader`'s floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     with path.open() as f:
-        params = yaml.safe_load(f)
+        params = read_yaml(f)
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params
@@ -75,7 +91,7 @@ def parse_override(item: str, flag: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"{flag} {item!r}: expected key=value")
-    return key, yaml.safe_load(raw)
+    return key, read_yaml(raw)
 
 
 def apply_overrides(cfg: dict[str, Any], items: Iterable[str], flag: str, *,

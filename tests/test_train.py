@@ -243,6 +243,9 @@ def test_overrides_split_settings_from_model_arguments() -> None:
     new, model = parse_overrides(["train.lr=0.5", "num_scales=3", "ssm=s4d", "seed=7"], cfg)
     assert new["train"]["lr"] == 0.5 and new["seed"] == 7 and cfg["train"]["lr"] != 0.5
     assert model == {"num_scales": 3, "ssm": "s4d"}
+    # exponent floats without a dot are floats (YAML 1.1 alone reads them as strings)
+    new, model = parse_overrides(["train.lr=3e-3", "train.grad_clip=1E1", "ssm=s4d"], cfg)
+    assert new["train"]["lr"] == 0.003 and new["train"]["grad_clip"] == 10.0
     with pytest.raises(ConfigError, match="no such setting"):
         parse_overrides(["data.no_such_key=1"], cfg)
     with pytest.raises(ConfigError, match="key=value"):
