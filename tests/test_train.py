@@ -252,3 +252,39 @@ def test_overrides_split_settings_from_model_arguments() -> None:
         parse_overrides(["lr"], cfg)
     with pytest.raises(ConfigError, match="train.loss"):
         train(dict(cfg, train=dict(cfg["train"], loss="l1")), "convtasnet", "unused")
+
+
+def test_validation_logs_si_sdr_improvement_whatever_the_training_loss(monkeypatch) -> None:
+    """`val_sisdri` (the curves, the results' time-to-5-dB) is the SI-SDRi of the estimates:
+    under neg_snr its old form (the mixture's loss minus the estimate's) was an SNR gain, which a
+    model earns by halving the mixture (+3 dB) without separating anything."""
+    from asteroid.losses import PITLossWrapper
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from experiments.evaluation.metrics import si_sdr
+    from experiments.registry import build_model
+    from experiments.training.system import SeparationSystem
+
+    torch.manual_seed(0)
+    model = build_model("convtasnet", sample_rate=8000, **TINY_CONVTASNET).eval()
+    sources = torch.randn(2, 2, 4000)
+    mixture = sources.sum(1)
+    logged: dict[tuple[str, str], float] = {}
+    for name in ("neg_sisdr", "neg_snr"):
+        optimizer = torch.optim.Adam(model.parameters())
+        system = SeparationSystem(model, optimizer,
+                                  PITLossWrapper(trainer_module.LOSSES[name], pit_from="pw_mtx"),
+                                  [], [], LambdaLR(optimizer, lambda step: 1.0), {})
+        monkeypatch.setattr(system, "log", lambda key, value, name=name, **_: logged.__setitem__(
+            (name, key), float(value)))
+        with torch.no_grad():
+            system.validation_step((mixture, sources), 0)
+    with torch.no_grad():
+        estimates = model(mixture)
+    # the best permutation's SI-SDR gain over the mixture, averaged over the batch
+    gains = [max(si_sdr(estimates[b, list(order)], sources[b]).mean() for order in ((0, 1), (1, 0)))
+             - si_sdr(mixture[b].expand(2, -1), sources[b]).mean() for b in range(2)]
+    expected = float(sum(gains) / 2)
+    assert logged[("neg_sisdr", "val_sisdri")] == pytest.approx(expected, abs=1e-3)
+    assert logged[("neg_snr", "val_sisdri")] == pytest.approx(expected, abs=1e-3)
+    assert logged[("neg_snr", "val_loss")] != pytest.approx(logged[("neg_sisdr", "val_loss")])

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from asteroid.engine.system import System
+from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
 from asteroid.utils import flatten_dict
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
@@ -88,9 +89,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
 class SeparationSystem(System):
     """asteroid `System` with sharded, resumable loaders; the lr schedule of `train.schedule`
     (plateau: after each validation, at any validation interval; cosine: after each step); a
-    stop on non-finite losses. Each validation also logs the mixture's own loss, so that
-    `val_sisdri` (the estimate's SI-SDR minus the mixture's, under neg_sisdr) is exact, and the
-    training wall seconds so far (`wall_s`, summed over resumptions)."""
+    stop on non-finite losses. Each validation also logs `val_sisdri` (the estimate's PIT SI-SDR
+    minus the mixture's, whatever the training loss) and the training wall seconds so far
+    (`wall_s`, summed over resumptions)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_func: torch.nn.Module, train_set: Dataset, val_set: Dataset,
@@ -106,6 +107,7 @@ class SeparationSystem(System):
         self.resumed_epoch: int | None = None
         self.rank_digests: list[str] = []
         self.wall_before, self.fit_started = 0.0, time.monotonic()
+        self.neg_sisdr = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
 
     @staticmethod
     def config_to_hparams(dic: dict[str, Any]) -> dict[str, Any]:
@@ -160,12 +162,16 @@ class SeparationSystem(System):
         return loss
 
     def validation_step(self, batch: Any, batch_nb: int) -> None:
-        loss = self.common_step(batch, batch_nb, train=False)
         inputs, targets = batch
-        mixture_as_estimates = inputs.unsqueeze(1).expand_as(targets).float()
-        mixture_loss = self.loss_func(mixture_as_estimates, targets.float())
+        estimates = self(inputs)
+        with torch.autocast(estimates.device.type, enabled=False):
+            estimates, targets = estimates.float(), targets.float()
+            loss = self.loss_func(estimates, targets)
+            mixture_as_estimates = inputs.unsqueeze(1).expand_as(targets).float()
+            sisdri = self.neg_sisdr(mixture_as_estimates, targets) - self.neg_sisdr(estimates,
+                                                                                    targets)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("val_sisdri", mixture_loss - loss, on_epoch=True, sync_dist=True)
+        self.log("val_sisdri", sisdri, on_epoch=True, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         if self.resumed_epoch != self.current_epoch:
