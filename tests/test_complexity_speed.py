@@ -5,8 +5,11 @@ import csv
 import json
 import math
 import os
+import re
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -330,3 +333,24 @@ def test_goal_pair_is_timed_in_turn_in_one_process(kind):
                                       "settings": settings}, 300, speed.run_in_turn_worker)
     assert result["kind"] == kind and list(result["times"]) == ["a", "b"]
     assert all(len(t) == 3 and min(t) > 0 for t in result["times"].values())
+
+
+def test_readme_quotes_the_committed_speed_table() -> None:
+    """The README's deployed-speed paragraph is the committed reports/speed.{csv,json}."""
+    repo = Path(__file__).resolve().parents[1]
+    readme = " ".join((repo / "README.md").read_text().split())
+    table = pd.read_csv(repo / "reports" / "speed.csv").set_index("model")
+    summary = json.loads((repo / "reports" / "speed.json").read_text())["summary"]
+    columns = ["infer_s_median", "infer_s_compiled", "infer_s_onnx", "infer_s_onnx_int8"]
+    tiny, sep = (table.loc[m, columns].round(2).tolist() for m in ("s4m_tiny", "sepformer"))
+    quoted = re.search(r"S4M-tiny takes ([\d.]+) s eager, ([\d.]+) s compiled, ([\d.]+) s under "
+                       r"ONNX Runtime and ([\d.]+) s in int8; Sepformer ([\d.]+) s, ([\d.]+) s, "
+                       r"([\d.]+) s and ([\d.]+) s\. Deployed \(compiled for both\), S4M-tiny / "
+                       r"Sepformer is ([\d.]+), against ([\d.]+) eager / eager", readme)
+    assert quoted, "the README's speed paragraph changed form"
+    numbers = [float(x) for x in quoted.groups()]
+    assert numbers[:8] == tiny + sep
+    deployed = summary["deployed_s4m_tiny_over_sepformer"]
+    assert (deployed["s4m_tiny_path"], deployed["sepformer_path"]) == ("compiled", "compiled")
+    assert numbers[8] == round(deployed["measured"], 2)
+    assert numbers[9] == round(summary["infer_s4m_tiny_over_sepformer"]["measured"], 2)

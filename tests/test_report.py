@@ -51,7 +51,8 @@ def _stage_outputs(root: Path, si_sdri: float, steps: int, cells: list[tuple] | 
                {"count": 4, "metrics": _metrics(si_sdri - i), "env": ENV | {"threads": "2"}})
         per_step = MACS[model] * 4 * 3
         _write(runs / model / "train_metrics.json",
-               {"steps": steps, "wall_time_s": 12.5, "stopped_by": "max_steps",
+               {"steps": steps, "wall_time_s": 1.5, "train_wall_s": 12.5,
+                "stopped_by": "max_steps",
                 "loss": "neg_sisdr", "threads": 2, "train_gmacs": steps * per_step,
                 "budget": {"mode": "macs", "max_steps": steps, "gmacs_per_step": per_step,
                            "train_gmacs": steps * MACS[MODELS[0]] * 4 * 3}})
@@ -144,6 +145,16 @@ def test_reports_label_a_training_check(check_side: tuple[Path, dict[str, Any]])
            f"{', '.join(MODELS[1:])}" in results_md
     for name in ("sisdri_vs_macs", "training_curves", "ablation_heatmap", "speed_vs_length"):
         assert (reports / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_wall_is_the_training_over_every_resumption(
+        check_side: tuple[Path, dict[str, Any]]) -> None:
+    """A resumed run's last invocation (wall_time_s 1.5 s) is not its training time (12.5 s)."""
+    reports, _ = check_side
+    table = pd.read_csv(reports / "results.csv")
+    assert (table["train_wall_s"] == 12.5).all()
+    main_table = (reports / "results.md").read_text().split("\n| model")[1].split("\n\n")[0]
+    assert main_table.count(" 12.50 |") == len(MODELS) and " 1.50 |" not in main_table
 
 
 def test_reports_state_a_result_when_the_rule_holds(

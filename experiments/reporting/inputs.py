@@ -34,11 +34,12 @@ def metric_stats(summary: dict[str, Any], metric: str) -> tuple[float, float]:
 
 
 def training_record(runs: Path, model: str) -> dict[str, Any]:
-    """Steps, training MACs, wall time and budget from runs/<model>/train_metrics.json."""
+    """Steps, training MACs, wall time and budget from runs/<model>/train_metrics.json. The wall
+    time is the training's over every resumption (`train_wall_s`), not the last invocation's."""
     metrics = read_json(runs / model / "train_metrics.json") or {}
     budget = metrics.get("budget") or {}
     return {"steps": metrics.get("steps"), "train_gmacs": metrics.get("train_gmacs"),
-            "wall_time_s": metrics.get("wall_time_s"), "stopped_by": metrics.get("stopped_by"),
+            "train_wall_s": metrics.get("train_wall_s"), "stopped_by": metrics.get("stopped_by"),
             "budget_mode": budget.get("mode"), "gmacs_per_step": budget.get("gmacs_per_step"),
             "budget_gmacs": budget.get("train_gmacs"),
             "loss": metrics.get("loss"), "train_threads": metrics.get("threads")}

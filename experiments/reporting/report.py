@@ -146,7 +146,7 @@ def results_display(results: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:
         verdict.label("SDRi (dB)"): _pm(results["sdri_db"], results["sdri_ci95"]),
         "steps": results["steps"].astype("Int64"),
         "train MACs (T)": results["train_gmacs"].astype(float) / 1e3,
-        "train wall (s)": results["wall_time_s"],
+        "train wall (s)": results["train_wall_s"],
         "params (M)": results["params_m"],
         "MACs (G/s)": results["macs_g_per_s"],
         "RTF": results["rtf"],
