@@ -27,6 +27,7 @@ from experiments.registry import (
     load_model,
     save_model,
 )
+from experiments.results.plan import plan_runs
 from experiments.results.stats import finding, model_table, paired_comparisons, time_to
 from experiments.training.trainer import lr_schedule
 from s4m import CONFIGS
@@ -201,6 +202,16 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     assert len(pd.read_csv(out / "invocations.csv")) == 2
     cfg = load_profile(tmp_path / "params.yaml", "cpu")
     assert cfg["threads"] == 1 and cfg["train"]["schedule"] == "cosine"
+
+    # A changed recipe: the finished runs say what changed, and one set aside keeps its files.
+    runs = plan_runs(cfg)
+    assert [run.changed_settings(cfg) for run in runs] == [[]] * 3
+    lr = cfg["train"]["lr"]
+    cfg["train"]["lr"] = lr / 2
+    assert [run.changed_settings(cfg) for run in runs] == [[f"train.lr {lr} -> {lr / 2}"]] * 3
+    moved = runs[0].set_aside()
+    assert not runs[0].run_dir.exists() and (moved[0] / "model.pt").is_file()
+    assert (moved[1] / "summary.json").is_file() and not runs[0].trained()
 
     # The ablation grid on the same recipe: one cell and one of the global-layer axis, their
     # cost and quality columns.

@@ -4,12 +4,15 @@ restart: finished steps are skipped, an interrupted training resumes from its ch
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, require
 from experiments.registry import check_model_names
+from experiments.reporting.inputs import read_json
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,45 @@ class Run:
         summary = self.eval_dir / "summary.json"
         return self.trained() and summary.is_file() and (
             summary.stat().st_mtime >= (self.run_dir / "model.pt").stat().st_mtime)
+
+    def changed_settings(self, cfg: dict[str, Any]) -> list[str]:
+        """The settings this run's checkpoint was trained with that `cfg` (the profile) no
+        longer has, as "train.lr 0.001 -> 0.002"; empty for a run that has not finished (its
+        trainer checks its checkpoint) or has no checkpoint. A finished run of an older recipe
+        must not be reported as a run of the current one."""
+        import torch
+
+        from experiments.training.system import CKPT_DIR, LAST
+        from experiments.training.trainer import BUDGET_KEYS, train_settings
+
+        last = self.run_dir / CKPT_DIR / LAST
+        if not (self.trained() and last.is_file()):
+            return []
+        saved = torch.load(last, map_location="cpu", weights_only=True)["training_config"]
+        recorded = read_json(self.run_dir / "train_metrics.json") or {}
+        budget = require(cfg, "train.budget")
+        now = {"seed": self.seed, "data": require(cfg, "data")} | {
+            f"train.{k}": v for k, v in train_settings(cfg).items() if k not in BUDGET_KEYS} | {
+            f"train.budget.{k}": budget.get(k) for k in ("mode", "train_gmacs")}
+        was = {"seed": saved.get("seed"), "data": saved.get("data")} | {
+            k: saved.get("train", {}).get(k.removeprefix("train."))
+            for k in now if k.startswith("train.") and not k.startswith("train.budget.")} | {
+            f"train.budget.{k}": (recorded.get("budget") or {}).get(k)
+            for k in ("mode", "train_gmacs")}
+        return [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+
+    def set_aside(self) -> list[Path]:
+        """Moves the run's training and evaluation folders to `<folder>.stale` (replacing an
+        older one), so that it trains afresh and nothing of it is lost; returns where."""
+        moved = []
+        for folder in (self.run_dir, self.eval_dir):
+            if folder.exists():
+                stale = folder.with_name(folder.name + ".stale")
+                if stale.exists():
+                    shutil.rmtree(stale)
+                os.replace(folder, stale)
+                moved.append(stale)
+        return moved
 
 
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:

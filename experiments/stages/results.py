@@ -15,9 +15,10 @@ ablation instead, on the same recipe: the scales x d_state x ssm cells of params
 or its global-layer axis, by the ablate stage, `results.parallel_runs` at a time, then
 `<out_dir>/ablation.md`, `ablation.csv` and the figures.
 Run it again after an interruption: finished runs are skipped and an interrupted training
-resumes from its last checkpoint. Each invocation's wall time is appended to
-`<runs_dir>/invocations.csv` (`ablation_invocations.csv` for the ablations), copied into
-`<out_dir>`.
+resumes from its last checkpoint; a finished run trained under other settings (a changed recipe)
+is moved to `<folder>.stale`, with its evaluation, and trained again. Each invocation's wall
+time is appended to `<runs_dir>/invocations.csv` (`ablation_invocations.csv` for the
+ablations), copied into `<out_dir>`.
 """
 
 from __future__ import annotations
@@ -173,6 +174,12 @@ def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
             _stage(["experiments.stages.complexity", "--profile", profile, "--params",
                     args.params, "--out-dir", str(out_dir), "--models", *counted],
                    Path(results["runs_dir"]) / "complexity.log")
+        for run in runs:
+            changed = run.changed_settings(cfg)
+            if changed:
+                moved = ", ".join(map(str, run.set_aside()))
+                print(f"[results] {run.name} was trained with other settings "
+                      f"({'; '.join(changed)}): moved to {moved}, training it again", flush=True)
         todo = [run for run in runs if not run.evaluated()]
         print(f"[results] {len(runs) - len(todo)} of {len(runs)} runs done; "
               f"{len(todo)} to go, {results['parallel_runs']} at a time", flush=True)
