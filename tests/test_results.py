@@ -136,7 +136,8 @@ def test_time_to_threshold_is_the_first_validation_of_the_seed_mean() -> None:
 
 
 @pytest.mark.slow
-def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path) -> None:
+def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path,
+                                                                   monkeypatch) -> None:
     prepared = tmp_path / "prepared"
     build_synthetic_dataset(prepared, n_train=6, n_dev=2, n_test=3, n_speakers=6, seed=0,
                             types=("mix_clean",), workers=1, progress=False)
@@ -209,6 +210,12 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     lr = cfg["train"]["lr"]
     cfg["train"]["lr"] = lr / 2
     assert [run.changed_settings(cfg) for run in runs] == [[f"train.lr {lr} -> {lr / 2}"]] * 3
+    cfg["train"]["lr"] = lr  # and a scale redefined: the trained model is no longer that scale
+    convtasnet = REGISTRY["convtasnet"].scaled["cpu"]
+    monkeypatch.setitem(REGISTRY["convtasnet"].scaled, "cpu", {**convtasnet, "hid_chan": 64})
+    assert [run.changed_settings(cfg) for run in runs] == [
+        [f"model.hid_chan {convtasnet['hid_chan']} -> 64"] if run.model == "convtasnet@cpu"
+        else [] for run in runs]
     moved = runs[0].set_aside()
     assert not runs[0].run_dir.exists() and (moved[0] / "model.pt").is_file()
     assert (moved[1] / "summary.json").is_file() and not runs[0].trained()

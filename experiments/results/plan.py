@@ -59,7 +59,20 @@ class Run:
             for k in now if k.startswith("train.") and not k.startswith("train.budget.")} | {
             f"train.budget.{k}": (recorded.get("budget") or {}).get(k)
             for k in ("mode", "train_gmacs")}
-        return [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+        changed = [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+        return changed + self._changed_model(cfg)
+
+    def _changed_model(self, cfg: dict[str, Any]) -> list[str]:
+        """The constructor arguments of the trained model that the registry's `model` (a
+        scale's definition may change) no longer builds, as "model.hid_chan 256 -> 128"."""
+        from baselines.pretrained import load_weights_file
+        from experiments.registry import build_model
+
+        was = load_weights_file(self.run_dir / "model.pt")["model_args"]
+        now = build_model(self.model, sample_rate=require(cfg, "data.sample_rate"),
+                          n_src=was.get("n_src", 2)).get_model_args()
+        return [f"model.{k} {was.get(k)} -> {now.get(k)}" for k in sorted(set(was) | set(now))
+                if was.get(k) != now.get(k)]
 
     def set_aside(self) -> list[Path]:
         """Moves the run's training and evaluation folders to `<folder>.stale` (replacing an
