@@ -188,3 +188,42 @@ def test_export_stage_takes_the_results_weights_and_labels_si_sdri_by_the_qualit
     assert export_stage.main(args) == 0
     text = (tmp_path / "reports" / "onnx.md").read_text()
     assert "training check" not in text and "SI-SDRi of trained weights (best" in text
+
+
+def _readme_table(anchor: str) -> dict[str, list[str]]:
+    """The first markdown table after the README line containing `anchor`: model -> cells."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if anchor in line)
+    rows = {}
+    for line in lines[start:]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+        elif rows:
+            break
+    return {model: cells for model, cells in list(rows.items())[2:]}  # header, rule
+
+
+@pytest.mark.parametrize("report, anchor, si_sdri", [
+    ("onnx.csv", "`reports/onnx.md` holds", False),
+    ("cpu/onnx.csv", "`reports/cpu/onnx.md` holds", True)])
+def test_readme_quotes_the_committed_onnx_tables(report: str, anchor: str, si_sdri: bool) -> None:
+    """Every row of the committed export tables is in the README's table, rounded as shown."""
+    table = pd.read_csv(REPO / "reports" / report)
+    quoted = _readme_table(anchor)
+    assert sorted(quoted) == sorted(table["model"])
+
+    def joined(row: pd.Series, columns: list[str], digits: int) -> str:
+        return " / ".join(f"{row[c]:.{digits}f}" for c in columns)
+
+    for _, row in table.iterrows():
+        cells = quoted[row["model"]]
+        if not row["exported"]:
+            assert cells[0].startswith("no: "), row["model"]
+            continue
+        expected = ["yes", f"{row['file_mb']:.1f}",
+                    joined(row, ["parity_db_1s", "parity_db_4s", "parity_db_16s"], 1),
+                    f"{row['int8_vs_fp32_db']:.1f}", f"{row['int8_file_mb']:.1f}"]
+        if si_sdri:
+            expected.append(joined(row, ["si_sdri_eager", "si_sdri_onnx", "si_sdri_int8"], 2))
+        assert cells == expected, row["model"]
