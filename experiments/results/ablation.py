@@ -72,9 +72,13 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     verdict = rule.judge(table["si_sdri_db"], table["steps"])
     table.to_csv(out_dir / "ablation.csv", index=False, float_format="%.4g")
     plot_ablation_heatmap(table, verdict, out_dir / "figures" / "ablation_heatmap.png")
-    plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
-                       out_dir / "figures" / "global_layers.png")
     budget = cfg["ablation"].get("train_gmacs") or cfg["train"]["budget"]["train_gmacs"]
+    # the cells and the results models train on different budgets: the legend says which
+    legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']}",
+              "model": f"`make results` model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
+                       " T, mean over seeds"}
+    plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
+                       out_dir / "figures" / "global_layers.png", legend)
     status = "results" if verdict.is_result else NOT_A_RESULT
     write_text(out_dir / "ablation.md", "\n".join([
         "# S4M ablation on the CPU results recipe: scales x state size x SSM kind, and the "
@@ -85,7 +89,8 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
         f"{cfg['ablation']['cost_seconds']:g} s of audio, one thread. Wall time of all "
         f"invocations: {took}.", "",
         f"Quality columns: **{status}** ({verdict.reason}); si_sdri_ci95 is the half-width of "
-        "the 95% interval over the test utterances.", "",
+        "the 95% interval over the test utterances (one seed per cell: the variation from seed to "
+        "seed is not in it).", "",
         markdown_table(table, floatfmt=".4g") if len(table) else "no cells", "",
         "Figures: figures/ablation_heatmap.png (scales x state size), "
         "figures/global_layers.png (the global-layer axis by cost, beside the profile's models "

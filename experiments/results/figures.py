@@ -96,10 +96,12 @@ def plot_quality_vs_cost(models: pd.DataFrame, path: Path, title: str) -> None:
     save(fig, path)
 
 
-def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path) -> None:
+def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path,
+                       legend: dict[str, str] | None = None) -> None:
     """S4M's global layers (and reference models, `kind` "model") by cost: SI-SDRi against MACs
-    and against 1-thread inference time, points labelled. Without SI-SDRi (cells not trained
-    yet) it shows MACs against time instead, so the costs are visible either way."""
+    and against 1-thread inference time, points labelled; `legend` names each kind (e.g. with
+    its training budget). Without SI-SDRi (cells not trained yet) it shows MACs against time
+    instead, so the costs are visible either way."""
     has_quality = bool(points["si_sdri_db"].notna().any())
     panels = ([("macs_g_per_s_fvcore", "MACs (G per second of audio, fvcore)"),
                ("infer_s_median", "inference time (s, 1 thread)")] if has_quality else
@@ -109,7 +111,8 @@ def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path) -> 
         y_col = "si_sdri_db" if has_quality else "macs_g_per_s_fvcore"
         for kind, marker, colour in (("global layer", "o", "tab:blue"), ("model", "s", "0.4")):
             sel = points[(points["kind"] == kind) & points[column].notna() & points[y_col].notna()]
-            ax.scatter(sel[column], sel[y_col], marker=marker, color=colour, label=kind, zorder=3)
+            ax.scatter(sel[column], sel[y_col], marker=marker, color=colour,
+                       label=(legend or {}).get(kind, kind), zorder=3)
             for _, row in sel.iterrows():
                 ax.annotate(row["label"], (row[column], row[y_col]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points")
