@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,26 @@ def test_readme_states_the_committed_finding() -> None:
     finding = json.loads((REPO / "reports/cpu/summary.json").read_text())["finding"]
     readme = " ".join((REPO / "README.md").read_text().split())
     assert " ".join(finding.split()) in readme
+
+
+def test_readme_quotes_the_committed_global_layer_axis() -> None:
+    """The README's global-layer numbers are reports/cpu/ablation.csv's, and the 'within'
+    spread of the global layers is smaller than the seed spread it is compared with."""
+    table = pd.read_csv(REPO / "reports/cpu/ablation.csv").set_index("global_layer")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = re.search(r"test SI-SDRi s4 ([\d.]+), s4d ([\d.]+), s6 ([\d.]+), attention "
+                       r"([\d.]+), none ([\d.]+) dB", readme)
+    assert quoted, "the README's global-layer sentence changed form"
+    layers = ["s4", "s4d", "s6", "attention", "none"]
+    assert [float(x) for x in quoted.groups()] == [
+        round(table.loc[layer, "si_sdri_db"], 2) for layer in layers]
+    within = re.search(r"the four global layers lie within ([\d.]+) dB of each other, less than "
+                       r"the ([\d.]+) dB between S4M-tiny@cpu's seeds", readme)
+    seeds = pd.read_csv(REPO / "reports/cpu/summary.csv").query("model == 's4m_tiny@cpu'")
+    layer_db = table.loc[layers[:4], "si_sdri_db"]
+    assert within and float(within[1]) == round(layer_db.max() - layer_db.min(), 2)
+    assert float(within[2]) == round(seeds["si_sdri_db"].max() - seeds["si_sdri_db"].min(), 2)
+    assert float(within[1]) < float(within[2])
 
 
 def test_a_stopped_invocation_logs_its_wall_time(tmp_path: Path, monkeypatch) -> None:
