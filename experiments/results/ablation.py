@@ -75,7 +75,7 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     budget = cfg["ablation"].get("train_gmacs") or cfg["train"]["budget"]["train_gmacs"]
     # the cells and the results models train on different budgets: the legend says which
     legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']}",
-              "model": f"`make results` model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
+              "model": f"make results model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
                        " T, mean over seeds"}
     plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
                        out_dir / "figures" / "global_layers.png", legend)
