@@ -252,6 +252,22 @@ def test_readme_states_the_committed_finding() -> None:
     assert " ".join(finding.split()) in readme
 
 
+def test_readme_quotes_the_committed_results_table() -> None:
+    """The README's results table is reports/cpu/models.csv, row for row, at its precision."""
+    models = pd.read_csv(REPO / "reports/cpu/models.csv")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**What it measured**"):]
+    rows = re.findall(r"^\| `(\S+@cpu)` \|(.*)\|$", section.split("\n\n", 2)[1], re.M)
+    quoted = {name: [c.strip() for c in cells.split("|")] for name, cells in rows}
+    assert list(quoted) == list(models["model"]), "the README's results table lists other models"
+    for r in models.itertuples():
+        std = "" if pd.isna(r.si_sdri_seed_std) else f", ±{r.si_sdri_seed_std:.2f}"
+        assert quoted[r.model] == [
+            f"{r.params_m:.2f}M", f"{r.macs_g_per_s:.2f}", str(r.seeds), str(r.steps),
+            f"{r.si_sdri_db:.2f} [{r.si_sdri_ci95_low:.2f}, {r.si_sdri_ci95_high:.2f}]{std}",
+            f"{r.sdri_db:.2f}"], r.model
+
+
 def test_readme_quotes_the_committed_global_layer_axis() -> None:
     """The README's global-layer numbers are reports/cpu/ablation.csv's, and the 'within'
     spread of the global layers is smaller than the seed spread it is compared with."""
