@@ -226,6 +226,7 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     params["ablation"].update(num_scales=[3], d_state=[8], ssm=["s4d"], cost_seconds=0.1,
                               global_layers=["s6"], global_at={"num_scales": 3, "d_state": 8})
     params["profiles"]["cpu"]["ablation"]["train_gmacs"] = 6
+    params["profiles"]["cpu"]["speed"] = {"infer_seconds": 0.25, "ratio_repeats": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for which in ("grid", "global"):
         grid = subprocess.run([*command, "--ablation", which], cwd=tmp_path,
@@ -241,6 +242,12 @@ def test_make_results_runs_reports_and_continues_where_it_stopped(tmp_path: Path
     assert "training check, not a result" in (out / "ablation.md").read_text()
     assert (out / "figures/ablation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "figures/global_layers.png").read_bytes()[:4] == b"\x89PNG"
+    # every point of that figure timed in turn in one process, beside nothing else
+    times = pd.read_csv(out / "global_layer_times.csv")
+    assert list(zip(times["kind"], times["label"], strict=True)) == [
+        ("global layer", "s6"), ("model", "convtasnet@cpu"), ("model", "s4m_tiny@cpu")]
+    assert times["infer_s_median"].gt(0).all() and (times["rounds"] == 2).all()
+    assert (times["threads"] == 1).all() and (times["seconds"] == 0.25).all()
     timed = pd.read_csv(out / "ablation_invocations.csv")["what"].tolist()
     assert timed == ["ablation grid", "global-layer axis"]
 

@@ -32,9 +32,53 @@ def global_cells(cfg: dict[str, Any]) -> list[dict[str, Any]]:
              "global_layer": layer} for layer in require(cfg, "ablation.global_layers")]
 
 
+def time_global_points(cfg: dict[str, Any], out_dir: Path) -> Path:
+    """1-thread inference time of every point of figures/global_layers.png (the axis's models and
+    the results profile's), untrained, timed in turn in one fresh process (a b c, then c b a,
+    ...: `speed.ratio_repeats` rounds after `speed.warmup` calls, `speed.infer_seconds` of noise,
+    batch 1), so that no point is timed beside another's training. Writes
+    `<out_dir>/global_layer_times.csv` (medians and minima, with the machine) and returns it."""
+    import statistics
+    from dataclasses import asdict, replace
+
+    import pandas as pd
+
+    from experiments.benchmark.speed import SpeedSettings, run_in_turn_worker
+    from experiments.benchmark.workers import REGISTRY_FACTORY, run_in_subprocess
+    from experiments.env import device_name
+
+    sample_rate = int(require(cfg, "data.sample_rate"))
+    settings = replace(SpeedSettings.from_config(cfg), device="cpu", threads=1)
+    base = require(cfg, "ablation.base_model")
+    points = [("global layer", cell["global_layer"], {"name": base, **cell})
+              for cell in global_cells(cfg)]
+    points += [("model", name, {"name": name}) for name in require(cfg, "results.models")]
+    spec = {"model": "the global-layer figure's models", "kind": "infer", "seed": cfg["seed"],
+            "settings": asdict(settings),
+            "pair": [{"model": label, "factory": REGISTRY_FACTORY, "sample_rate": sample_rate,
+                      "kwargs": {**kwargs, "sample_rate": sample_rate}}
+                     for _, label, kwargs in points]}
+    print(f"[results] timing the {len(points)} models of the global-layer figure in turn ...",
+          flush=True)
+    result = run_in_subprocess(spec, settings.timeout_s * len(points), run_in_turn_worker)
+    path = out_dir / "global_layer_times.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = pd.DataFrame([{
+        "kind": kind, "label": label,
+        "infer_s_median": statistics.median(result["times"][label]),
+        "infer_s_min": min(result["times"][label]), "rounds": len(result["times"][label]),
+        "seconds": settings.infer_seconds, "sample_rate": sample_rate,
+        "threads": result["threads"], "device": device_name("cpu"), "torch": result["torch"]}
+        for kind, label, _ in points])
+    write_text(path, rows.to_csv(index=False, float_format="%.4g"))
+    return path
+
+
 def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
     """The global-layer axis's cells and the results profile's models (mean SI-SDRi over seeds,
-    costs from its complexity table) as labelled points for `plot_global_layers`."""
+    costs from its complexity table) as labelled points for `plot_global_layers`; 1-thread
+    times from `<out_dir>/global_layer_times.csv` (`time_global_points`) where it exists (the
+    cells' own were taken beside other training), else the cells' own."""
     import pandas as pd
 
     at = require(cfg, "ablation.global_at")
@@ -49,7 +93,13 @@ def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
         models = runs.merge(costs, on="model", how="left")
         points.append(models.assign(kind="model", label=models["model"]))
     columns = ["kind", "label", "si_sdri_db", "macs_g_per_s_fvcore", "infer_s_median"]
-    return pd.concat([p.reindex(columns=columns) for p in points], ignore_index=True)
+    points = pd.concat([p.reindex(columns=columns) for p in points], ignore_index=True)
+    times = out_dir / "global_layer_times.csv"
+    if times.is_file():
+        timed = pd.read_csv(times).set_index(["kind", "label"])["infer_s_median"]
+        points["infer_s_median"] = [timed.get(key, float("nan"))
+                                    for key in zip(points["kind"], points["label"], strict=True)]
+    return points
 
 
 def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path, what: str,
@@ -77,8 +127,12 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']}",
               "model": f"make results model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
                        " T, mean over seeds"}
+    times = out_dir / "global_layer_times.csv"
+    time_label = (f"inference time (s, 1 thread, {pd.read_csv(times)['seconds'].iloc[0]:g} s of "
+                  "audio, timed in turn)" if times.is_file() else
+                  f"inference time (s, 1 thread, {cfg['ablation']['cost_seconds']:g} s of audio)")
     plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
-                       out_dir / "figures" / "global_layers.png", legend)
+                       out_dir / "figures" / "global_layers.png", legend, time_label)
     status = "results" if verdict.is_result else NOT_A_RESULT
     write_text(out_dir / "ablation.md", "\n".join([
         "# S4M ablation on the CPU results recipe: scales x state size x SSM kind, and the "
@@ -94,5 +148,6 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
         markdown_table(table, floatfmt=".4g") if len(table) else "no cells", "",
         "Figures: figures/ablation_heatmap.png (scales x state size), "
         "figures/global_layers.png (the global-layer axis by cost, beside the profile's models "
-        "from summary.csv).", ""]))
+        "from summary.csv; its 1-thread times are global_layer_times.csv's, every model timed "
+        "in turn in one process, where that file exists).", ""]))
     return f"[results] ablation: {len(table)} cells in {out_dir}; {verdict.reason}"

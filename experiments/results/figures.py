@@ -97,15 +97,16 @@ def plot_quality_vs_cost(models: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path,
-                       legend: dict[str, str] | None = None) -> None:
+                       legend: dict[str, str] | None = None,
+                       time_label: str = "inference time (s, 1 thread)") -> None:
     """S4M's global layers (and reference models, `kind` "model") by cost: SI-SDRi against MACs
     and against 1-thread inference time, points labelled; `legend` names each kind (e.g. with
     its training budget). Without SI-SDRi (cells not trained yet) it shows MACs against time
     instead, so the costs are visible either way."""
     has_quality = bool(points["si_sdri_db"].notna().any())
     panels = ([("macs_g_per_s_fvcore", "MACs (G per second of audio, fvcore)"),
-               ("infer_s_median", "inference time (s, 1 thread)")] if has_quality else
-              [("infer_s_median", "inference time (s, 1 thread)")])
+               ("infer_s_median", time_label)] if has_quality else
+              [("infer_s_median", time_label)])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, (column, label) in zip(axes[0], panels, strict=True):
         y_col = "si_sdri_db" if has_quality else "macs_g_per_s_fvcore"

@@ -13,7 +13,8 @@
 With `--ablation [grid|global]` (`make results-ablation`, `make results-global`) it runs an S4M
 ablation instead, on the same recipe: the scales x d_state x ssm cells of params.yaml `ablation`
 or its global-layer axis, by the ablate stage, `results.parallel_runs` at a time, then
-`<out_dir>/ablation.md`, `ablation.csv` and the figures.
+`<out_dir>/ablation.md`, `ablation.csv` and the figures (the global-layer axis also times its
+models and the results models in turn in one process: `global_layer_times.csv`).
 Run it again after an interruption: finished runs are skipped and an interrupted training
 resumes from its last checkpoint; a finished run trained under other settings (a changed recipe)
 is moved to `<folder>.stale`, with its evaluation, and trained again. Each invocation's wall
@@ -158,6 +159,8 @@ def _run(args: argparse.Namespace, started_at: float, started: float) -> int:
             cells = getattr(ablation, f"{args.ablation}_cells")(cfg)
             failures = _ablation(cells, profile, args.params, out_dir,
                                  Path(results["runs_dir"]), results["parallel_runs"])
+            if args.ablation == "global" and not failures:
+                ablation.time_global_points(cfg, out_dir)  # with nothing else running
         log = Path(results["runs_dir"]) / "ablation_invocations.csv"
         print(ablation.build_ablation_report(cfg, out_dir, log, what,
                                              time.monotonic() - started))
