@@ -14,7 +14,7 @@ setup:
 repro: setup
 	@dvc repro
 
-# The CPU results profile (params.yaml `results`, profile cpu): about 2 hours on 2 cores; run it
+# The CPU results profile (params.yaml `results`, profile cpu): 2 to 3.5 hours on 2 cores; run it
 # again after an interruption to continue. Outputs in reports/cpu/.
 results: setup
 	@dvc repro prepare

@@ -298,6 +298,21 @@ def test_readme_quotes_the_committed_global_layer_axis() -> None:
     assert float(within[1]) < float(within[2])
 
 
+def test_readme_quotes_the_committed_global_layer_times() -> None:
+    """The README's 1-thread times of the global-layer figure are global_layer_times.csv's."""
+    times = pd.read_csv(REPO / "reports/cpu/global_layer_times.csv").set_index("label")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    labels = {"none": "none", "s4": "s4", "s4d": "s4d", "attention": "attention", "s6": "s6",
+              "SuDoRM-RF@cpu": "sudormrf@cpu", "Conv-TasNet@cpu": "convtasnet@cpu",
+              "TDANet@cpu": "tdanet@cpu", "S4M-tiny@cpu": "s4m_tiny@cpu"}
+    quoted = re.search(r"medians of (\d+) rounds\): (.*?)\. The s4 cell", readme)
+    assert quoted, "the README's sentence on the figure's times changed form"
+    assert int(quoted[1]) == times["rounds"].min() == times["rounds"].max()
+    pairs = re.findall(r"([\w@-]+) ([\d.]+)(?: s)?[,;]?", quoted[2])
+    assert {labels[name]: float(value) for name, value in pairs} == {
+        label: round(times.loc[label, "infer_s_median"], 2) for label in labels.values()}
+
+
 def test_a_stopped_invocation_logs_its_wall_time(tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C or SIGTERM: the time so far is logged as an invocation, exit status 130."""
     from experiments.stages import results as stage

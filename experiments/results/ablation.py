@@ -6,6 +6,7 @@ the table (cost and quality columns, 95% intervals) and the heatmap."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +125,19 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     plot_ablation_heatmap(table, verdict, out_dir / "figures" / "ablation_heatmap.png")
     budget = cfg["ablation"].get("train_gmacs") or cfg["train"]["budget"]["train_gmacs"]
     # the cells and the results models train on different budgets: the legend says which
-    legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']}",
+    # ... and each kind's report rule labels its own numbers
+    summary = out_dir / "summary.json"
+    models_status = ("results" if summary.is_file() and json.loads(summary.read_text())[
+        "is_result"] else NOT_A_RESULT)
+    legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']} "
+                              f"({'results' if verdict.is_result else NOT_A_RESULT})",
               "model": f"make results model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
-                       " T, mean over seeds"}
+                       f" T, mean over seeds ({models_status})"}
     times = out_dir / "global_layer_times.csv"
     time_label = (f"inference time (s, 1 thread, {pd.read_csv(times)['seconds'].iloc[0]:g} s of "
                   "audio, timed in turn)" if times.is_file() else
                   f"inference time (s, 1 thread, {cfg['ablation']['cost_seconds']:g} s of audio)")
-    plot_global_layers(global_points(table, cfg, out_dir), verdict.label("SI-SDRi (dB)"),
+    plot_global_layers(global_points(table, cfg, out_dir), "test SI-SDRi (dB)",
                        out_dir / "figures" / "global_layers.png", legend, time_label)
     status = "results" if verdict.is_result else NOT_A_RESULT
     write_text(out_dir / "ablation.md", "\n".join([

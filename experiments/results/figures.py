@@ -110,18 +110,28 @@ def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path,
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, (column, label) in zip(axes[0], panels, strict=True):
         y_col = "si_sdri_db" if has_quality else "macs_g_per_s_fvcore"
+        valid = points[points[column].notna() & points[y_col].notna()]
+        span = tuple(float(np.ptp(valid[c])) or 1.0 if len(valid) else 1.0 for c in (column, y_col))
+        placed: list[tuple[float, float]] = []
         for kind, marker, colour in (("global layer", "o", "tab:blue"), ("model", "s", "0.4")):
             sel = points[(points["kind"] == kind) & points[column].notna() & points[y_col].notna()]
             ax.scatter(sel[column], sel[y_col], marker=marker, color=colour,
                        label=(legend or {}).get(kind, kind), zorder=3)
-            for _, row in sel.iterrows():
-                ax.annotate(row["label"], (row[column], row[y_col]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
+            for _, row in sel.sort_values(y_col, ascending=False).iterrows():
+                x, y = row[column], row[y_col]
+                # labels of points close to an already labelled one step down, not over it
+                near = sum(abs(x - px) < 0.05 * span[0] and abs(y - py) < 0.08 * span[1]
+                           for px, py in placed)
+                placed.append((x, y))
+                ax.annotate(row["label"], (x, y), fontsize=7, xytext=(4, 3 - 8 * near),
+                            textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel(quality_label if has_quality else "MACs (G per second of audio, fvcore)")
         ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    # below the panels: inside, it covers points wherever they fall
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("S4M's global layer: quality against cost" if has_quality else
                  "S4M's global layer: cost (quality not measured yet)", fontsize=10)
     save(fig, path)
