@@ -36,7 +36,7 @@ results-onnx: setup
 	@python -m experiments.stages.export --results
 
 test: setup
-	@python -m pytest -q --durations=20
+	@python -m pytest -q -n 2 --durations=20
 
 lint: setup
 	@ruff check .
