@@ -129,8 +129,8 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     summary = out_dir / "summary.json"
     models_status = ("results" if summary.is_file() and json.loads(summary.read_text())[
         "is_result"] else NOT_A_RESULT)
-    legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']} "
-                              f"({'results' if verdict.is_result else NOT_A_RESULT})",
+    status = "results" if verdict.is_result else NOT_A_RESULT
+    legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']} ({status})",
               "model": f"make results model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
                        f" T, mean over seeds ({models_status})"}
     times = out_dir / "global_layer_times.csv"
@@ -139,7 +139,6 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
                   f"inference time (s, 1 thread, {cfg['ablation']['cost_seconds']:g} s of audio)")
     plot_global_layers(global_points(table, cfg, out_dir), "test SI-SDRi (dB)",
                        out_dir / "figures" / "global_layers.png", legend, time_label)
-    status = "results" if verdict.is_result else NOT_A_RESULT
     write_text(out_dir / "ablation.md", "\n".join([
         "# S4M ablation on the CPU results recipe: scales x state size x SSM kind, and the "
         "global layer", "",

@@ -114,7 +114,7 @@ def plot_global_layers(points: pd.DataFrame, quality_label: str, path: Path,
         span = tuple(float(np.ptp(valid[c])) or 1.0 if len(valid) else 1.0 for c in (column, y_col))
         placed: list[tuple[float, float]] = []
         for kind, marker, colour in (("global layer", "o", "tab:blue"), ("model", "s", "0.4")):
-            sel = points[(points["kind"] == kind) & points[column].notna() & points[y_col].notna()]
+            sel = valid[valid["kind"] == kind]
             ax.scatter(sel[column], sel[y_col], marker=marker, color=colour,
                        label=(legend or {}).get(kind, kind), zorder=3)
             for _, row in sel.sort_values(y_col, ascending=False).iterrows():
