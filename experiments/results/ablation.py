@@ -18,6 +18,9 @@ from experiments.reporting.report import markdown_table
 from experiments.reporting.rule import NOT_A_RESULT, QualityRule
 from experiments.results.figures import plot_global_layers
 
+# the global-layer figure's 1-thread times, measured by `time_global_points`
+TIMES_CSV = "global_layer_times.csv"
+
 
 def grid_cells(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The scales x state size x SSM kind cells (`make results-ablation`)."""
@@ -62,7 +65,7 @@ def time_global_points(cfg: dict[str, Any], out_dir: Path) -> Path:
     print(f"[results] timing the {len(points)} models of the global-layer figure in turn ...",
           flush=True)
     result = run_in_subprocess(spec, settings.timeout_s * len(points), run_in_turn_worker)
-    path = out_dir / "global_layer_times.csv"
+    path = out_dir / TIMES_CSV
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = pd.DataFrame([{
         "kind": kind, "label": label,
@@ -95,7 +98,7 @@ def global_points(table: Any, cfg: dict[str, Any], out_dir: Path) -> Any:
         points.append(models.assign(kind="model", label=models["model"]))
     columns = ["kind", "label", "si_sdri_db", "macs_g_per_s_fvcore", "infer_s_median"]
     points = pd.concat([p.reindex(columns=columns) for p in points], ignore_index=True)
-    times = out_dir / "global_layer_times.csv"
+    times = out_dir / TIMES_CSV
     if times.is_file():
         timed = pd.read_csv(times).set_index(["kind", "label"])["infer_s_median"]
         points["infer_s_median"] = [timed.get(key, float("nan"))
@@ -133,7 +136,7 @@ def build_ablation_report(cfg: dict[str, Any], out_dir: Path, invocations: Path,
     legend = {"global layer": f"global layer: {budget / 1000:g} T, seed {cfg['seed']} ({status})",
               "model": f"make results model: {cfg['train']['budget']['train_gmacs'] / 1000:g}"
                        f" T, mean over seeds ({models_status})"}
-    times = out_dir / "global_layer_times.csv"
+    times = out_dir / TIMES_CSV
     time_label = (f"inference time (s, 1 thread, {pd.read_csv(times)['seconds'].iloc[0]:g} s of "
                   "audio, timed in turn)" if times.is_file() else
                   f"inference time (s, 1 thread, {cfg['ablation']['cost_seconds']:g} s of audio)")
