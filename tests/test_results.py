@@ -298,6 +298,36 @@ def test_readme_quotes_the_committed_global_layer_axis() -> None:
     assert float(within[1]) < float(within[2])
 
 
+def test_readme_quotes_the_committed_ablation_grid() -> None:
+    """The README's grid table is reports/cpu/ablation.csv's grid cells, row for row, and the
+    spread it states for each axis is the table's."""
+    table = pd.read_csv(REPO / "reports/cpu/ablation.csv")
+    axes = yaml.safe_load((REPO / "params.yaml").read_text())["ablation"]
+    grid = table[(table["global_layer"] == table["ssm"])
+                 & table["num_scales"].isin(axes["num_scales"])
+                 & table["d_state"].isin(axes["d_state"])].sort_values(
+        ["num_scales", "d_state", "ssm"])
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**What the grid measured**"):]
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (s4d?) \|(.*)\|$", section.split("\n\n", 2)[1],
+                      re.M)
+    assert len(rows) == len(grid) == 8, "the README's grid table lists other cells"
+    for (scales, d_state, ssm, cells), r in zip(rows, grid.itertuples(), strict=True):
+        assert (int(scales), int(d_state), ssm) == (r.num_scales, r.d_state, r.ssm)
+        assert [c.strip() for c in cells.split("|")] == [
+            str(r.steps), f"{r.macs_g_per_s_fvcore:.2f}",
+            f"{r.si_sdri_db:.2f} ± {r.si_sdri_ci95:.2f}", f"{r.sdri_db:.2f}"], r
+    text = " ".join(section.split())
+    by_scales = grid.groupby("num_scales")["si_sdri_db"]
+    quoted = re.search(r"the 3-scale cells end at ([-\d.]+) to ([-\d.]+) dB, the 5-scale cells "
+                       r"at ([-\d.]+) to ([-\d.]+) dB", text)
+    assert quoted, "the README's sentence on the scales changed form"
+    assert [float(x) for x in quoted.groups()] == [
+        round(v, 2) for v in (by_scales.min()[3], by_scales.max()[3], by_scales.min()[5],
+                              by_scales.max()[5])]
+    assert by_scales.max()[3] < by_scales.min()[5]
+
+
 def test_readme_quotes_the_committed_global_layer_times() -> None:
     """The README's 1-thread times of the global-layer figure are global_layer_times.csv's."""
     times = pd.read_csv(REPO / "reports/cpu/global_layer_times.csv").set_index("label")
