@@ -299,8 +299,8 @@ def test_readme_quotes_the_committed_global_layer_axis() -> None:
 
 
 def test_readme_quotes_the_committed_ablation_grid() -> None:
-    """The README's grid table is reports/cpu/ablation.csv's grid cells, row for row, and the
-    spread it states for each axis is the table's."""
+    """The README's grid table is reports/cpu/ablation.csv's grid cells, row for row, and its
+    sentence on the number of scales (every 3-scale cell below every 5-scale one) is the table's."""
     table = pd.read_csv(REPO / "reports/cpu/ablation.csv")
     axes = yaml.safe_load((REPO / "params.yaml").read_text())["ablation"]
     grid = table[(table["global_layer"] == table["ssm"])
