@@ -33,10 +33,10 @@ class S4M(BaseModel):
     """S4M speech separation (Chen et al., Interspeech 2023), efficient re-implementation.
 
     As released: Conv1d encoder (kernel K = `enc_kernel_ms` at `sample_rate`, stride K//4,
-    K//2+1 filters, no bias), gLN and a 1x1 bottleneck to `bottleneck_channels`; one
-    `MultiScaleBlock` applied `num_blocks` times with shared weights (pass i > 0 sees
-    PReLU(depthwise 1x1(mixture features + previous output))); PReLU + 1x1 mask head with ReLU
-    on the encoder output; transposed-conv decoder.
+    `n_filters` filters, K//2+1 when None as released, no bias), gLN and a 1x1 bottleneck to
+    `bottleneck_channels`; one `MultiScaleBlock` applied `num_blocks` times with shared weights
+    (pass i > 0 sees PReLU(depthwise 1x1(mixture features + previous output))); PReLU + 1x1
+    mask head with ReLU on the encoder output; transposed-conv decoder.
 
     `s4_scales` picks the scales carrying S4 layers (0 = full frame rate, -1 = coarsest, or
     'all'). The released S4M-tiny has S4 (+ feed-forward) only on the pooled global map at the
@@ -61,13 +61,14 @@ class S4M(BaseModel):
                  s4_scales: Sequence[int] | str = (-1,), d_state: int = 16, ssm: str = "s4",
                  ssm_init: str | None = None, bidirectional: bool = True,
                  checkpointing: bool = False, global_layer: str | None = None,
-                 feed_forward: str = "mlp", fusion: str = "gated"):
+                 feed_forward: str = "mlp", fusion: str = "gated", n_filters: int | None = None):
         super().__init__(sample_rate=sample_rate)
         kernel = int(enc_kernel_ms * sample_rate // 1000)
         if kernel < 4:
             raise ValueError(f"enc_kernel_ms={enc_kernel_ms} at {sample_rate} Hz gives a kernel "
                              f"of {kernel} samples; need >= 4")
-        for name, value in (("n_src", n_src), ("num_blocks", num_blocks)):
+        n_filters = kernel // 2 + 1 if n_filters is None else n_filters
+        for name, value in (("n_src", n_src), ("num_blocks", num_blocks), ("n_filters", n_filters)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if ssm not in SSM_KINDS:
@@ -83,11 +84,11 @@ class S4M(BaseModel):
             s4_scales=s4_scales if isinstance(s4_scales, str) else list(s4_scales),
             d_state=d_state, ssm=ssm, ssm_init=ssm_init, bidirectional=bidirectional,
             checkpointing=checkpointing, global_layer=global_layer, feed_forward=feed_forward,
-            fusion=fusion,
+            fusion=fusion, n_filters=n_filters,
         )
         self.n_src, self.num_blocks, self.checkpointing = n_src, num_blocks, checkpointing
         self.enc_kernel, self.enc_stride = kernel, kernel // 4
-        self.n_filters = kernel // 2 + 1
+        self.n_filters = n_filters
         self.frame_multiple = 2 ** (num_scales - 1)
 
         self.encoder = nn.Conv1d(1, self.n_filters, kernel, self.enc_stride, bias=False)

@@ -49,7 +49,7 @@ def test_any_length_gives_input_length(length, three_d):
 @pytest.mark.parametrize("overrides", [
     dict(num_scales=3), dict(num_scales=5), dict(num_scales=2), dict(ssm="s4d"),
     dict(ssm="s4d", ssm_init="inv"), dict(d_state=8), dict(s4_scales=[0, -1]),
-    dict(s4_scales="all"), dict(s4_scales=[]), dict(bidirectional=False),
+    dict(s4_scales="all"), dict(s4_scales=[]), dict(bidirectional=False), dict(n_filters=40),
 ])
 def test_overrides_build_and_run(overrides):
     model = build_s4m("s4m_tiny", n_src=3, sample_rate=16000, **{**SMALL, **overrides}).eval()
@@ -82,7 +82,7 @@ def test_bad_config_raises():
     with pytest.raises(ValueError, match="s4m_huge"):
         build_s4m("s4m_huge")
     for bad in (dict(num_scales=1), dict(s4_scales=[4]), dict(ssm="s5"), dict(d_state=5),
-                dict(ssm_init="inv")):
+                dict(ssm_init="inv"), dict(n_filters=0)):
         with pytest.raises(ValueError):
             build_s4m("s4m_tiny", **{**SMALL, **bad})
 
@@ -99,8 +99,17 @@ def test_forward_does_not_change_parameters_or_buffers():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_serialize_roundtrip(tmp_path):
-    model = build_s4m("s4m_tiny", **SMALL, ssm="s4d").eval()
+def test_encoder_filters_default_to_the_released_count():
+    """K//2+1 filters of the 4 ms kernel unless `n_filters` says otherwise; the mask head and
+    decoder follow the encoder."""
+    released, wide = build_s4m("s4m_tiny", **SMALL), build_s4m("s4m_tiny", **SMALL, n_filters=40)
+    assert released.encoder.out_channels == 17 and wide.encoder.out_channels == 40
+    assert wide.decoder.in_channels == 2 * 40 and n_params(wide) > n_params(released)
+
+
+@pytest.mark.parametrize("n_filters", [None, 24])
+def test_serialize_roundtrip(tmp_path, n_filters):
+    model = build_s4m("s4m_tiny", **SMALL, ssm="s4d", n_filters=n_filters).eval()
     path = tmp_path / "model.pt"
     torch.save(model.serialize(), path)
     loaded = S4M.from_pretrained(str(path)).eval()
